@@ -1,0 +1,24 @@
+"""Max-prob (confidence) baseline: exit when the top class probability exceeds c."""
+
+from __future__ import annotations
+
+from de3bert.policy import Knob, ThresholdPolicy
+from de3bert.registry import register_method
+
+
+class MaxProbPolicy(ThresholdPolicy):
+    """Exit when max_k p_k > c. Smaller c exits earlier."""
+
+    name = "max-prob"
+    knob = Knob("c", 0.0, 1.0, "smaller")
+    exit_above = True
+
+    def grid(self):
+        lo = 1.0 / self.num_labels
+        return [round(lo + (1 - lo) * i / 40, 6) for i in range(41)]
+
+    def score(self, layer, signals):
+        return signals["logits"].float().softmax(-1).max(-1).values
+
+
+register_method("maxprob", "weighted", MaxProbPolicy, "Max-prob: exit when max p > c (weighted recipe)")

@@ -1,0 +1,31 @@
+"""PCEE-BERT (Zhang et al., NAACL Findings 2022): patience over consecutive confident layers."""
+
+from __future__ import annotations
+
+import torch
+
+from de3bert.policy import ExitPolicy, Knob, normalized_entropy
+from de3bert.registry import register_method
+
+
+class PatientConfidencePolicy(ExitPolicy):
+    """Counter c += 1 when normalized entropy H_n(p_i) < τ, else c = 0; exit at c = t (option)."""
+
+    name = "patient-confidence"
+    knob = Knob("tau", 0.0, 1.0, "larger")
+
+    def grid(self):
+        return [i / 40 for i in range(41)]
+
+    def init_state(self, n, knobs):
+        return {"count": torch.zeros(len(knobs), n, dtype=torch.long)}
+
+    def step(self, layer, signals, state, knobs):
+        confident = normalized_entropy(signals["logits"]).double()[None, :] < knobs.double()[:, None]
+        state["count"] = torch.where(confident, state["count"] + 1, torch.zeros_like(state["count"]))
+        return state["count"] >= int(self.options.get("patience", 2))
+
+
+register_method("pcee", "weighted", PatientConfidencePolicy,
+                "PCEE-BERT: exit after `patience` consecutive layers with normalized entropy < tau",
+                patience=2)

@@ -1,0 +1,1 @@
+"""DE3-BERT: distance-enhanced early exiting with prototypical networks, and its baselines engine."""

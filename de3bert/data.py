@@ -1,0 +1,263 @@
+"""GLUE tasks: the task registry, loaders (local `glue_data/` or the Hub), the synthetic smoke task,
+tokenisation and dynamic padding.
+
+Data never reaches a policy: this module produces tokenised batches for the model and labels for
+the metrics, nothing else.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+csv.field_size_limit(1 << 24)
+
+
+class DataError(ValueError):
+    """Missing, empty or malformed data; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One GLUE task: where its text and labels are, and how it is scored."""
+
+    name: str
+    num_labels: int  # 1 means regression
+    text_fields: tuple[str, ...]  # column names in the TSV header (CoLA: positional indices)
+    label_field: str
+    metrics: tuple[str, ...]  # first one is the headline metric
+    labels: tuple[str, ...] = ()  # label strings in class order; empty = integer labels
+    has_header: bool = True
+    dev_file: str = "dev.tsv"
+    hub_config: str = ""
+    hub_fields: tuple[str, ...] = ()
+    hub_dev_split: str = "validation"
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_labels == 1
+
+    @property
+    def headline_metric(self) -> str:
+        return self.metrics[0]
+
+
+TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in [
+        TaskSpec("cola", 2, ("3",), "1", ("mcc",), has_header=False, hub_config="cola",
+                 hub_fields=("sentence",)),
+        TaskSpec("sst2", 2, ("sentence",), "label", ("accuracy",), hub_config="sst2",
+                 hub_fields=("sentence",)),
+        TaskSpec("mrpc", 2, ("#1 String", "#2 String"), "Quality", ("f1", "accuracy"),
+                 hub_config="mrpc", hub_fields=("sentence1", "sentence2")),
+        TaskSpec("stsb", 1, ("sentence1", "sentence2"), "score", ("pearson", "spearman"),
+                 hub_config="stsb", hub_fields=("sentence1", "sentence2")),
+        TaskSpec("qqp", 2, ("question1", "question2"), "is_duplicate", ("f1", "accuracy"),
+                 hub_config="qqp", hub_fields=("question1", "question2")),
+        TaskSpec("mnli", 3, ("sentence1", "sentence2"), "gold_label", ("accuracy",),
+                 labels=("entailment", "neutral", "contradiction"), dev_file="dev_matched.tsv",
+                 hub_config="mnli", hub_fields=("premise", "hypothesis"),
+                 hub_dev_split="validation_matched"),
+        TaskSpec("qnli", 2, ("question", "sentence"), "label", ("accuracy",),
+                 labels=("entailment", "not_entailment"), hub_config="qnli",
+                 hub_fields=("question", "sentence")),
+        TaskSpec("rte", 2, ("sentence1", "sentence2"), "label", ("accuracy",),
+                 labels=("entailment", "not_entailment"), hub_config="rte",
+                 hub_fields=("sentence1", "sentence2")),
+        TaskSpec("wnli", 2, ("sentence1", "sentence2"), "label", ("accuracy",), hub_config="wnli",
+                 hub_fields=("sentence1", "sentence2")),
+        # Synthetic, generated from a seed: the smoke profile and the CI golden checks use it.
+        TaskSpec("synthetic", 2, ("sentence",), "label", ("accuracy",), hub_config=""),
+    ]
+}
+TASK_DIRS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP",
+             "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
+_ALIASES = {k.lower().replace("-", ""): k for k in TASKS} | {v.lower().replace("-", ""): k
+                                                            for k, v in TASK_DIRS.items()}
+
+
+def get_task(name: str) -> TaskSpec:
+    """Look a task up by any common spelling (SST-2, sst2, STS-B, ...)."""
+    key = _ALIASES.get(str(name).lower().replace("-", "").replace("_", ""))
+    if key is None:
+        raise KeyError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
+    return TASKS[key]
+
+
+@dataclass
+class Example:
+    texts: tuple[str, ...]
+    label: float | int
+
+
+def _parse_label(task: TaskSpec, raw: str, where: str) -> float | int:
+    raw = raw.strip()
+    if task.is_regression:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise DataError(f"{where}: label {raw!r} is not a number") from None
+        if value != value:
+            raise DataError(f"{where}: label is NaN")
+        return value
+    if task.labels:
+        if raw not in task.labels:
+            raise DataError(f"{where}: label {raw!r} is not one of {list(task.labels)}")
+        return task.labels.index(raw)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise DataError(f"{where}: label {raw!r} is not an integer class") from None
+    if not 0 <= value < task.num_labels:
+        raise DataError(f"{where}: label {value} outside the task's classes 0..{task.num_labels - 1}")
+    return value
+
+
+def read_tsv(task: TaskSpec, path: Path) -> list[Example]:
+    """Read one classic GLUE TSV (no quoting, tab-separated). Errors name the file and line."""
+    if not path.is_file():
+        raise DataError(f"missing data file {path} for task {task.name}")
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if task.has_header:
+        if not rows:
+            raise DataError(f"{path}: empty file (no header)")
+        header, body, first_line = rows[0], rows[1:], 2
+        missing = [c for c in (*task.text_fields, task.label_field) if c not in header]
+        if missing:
+            raise DataError(f"{path}:1: header lacks column(s) {missing}; header is {header}")
+        idx = [header.index(c) for c in task.text_fields]
+        lab = header.index(task.label_field)
+        width = len(header)
+    else:
+        body, first_line = rows, 1
+        idx = [int(c) for c in task.text_fields]
+        lab = int(task.label_field)
+        width = max(max(idx), lab) + 1
+    out = []
+    for n, row in enumerate(body, start=first_line):
+        where = f"{path}:{n}"
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        if len(row) < width:
+            raise DataError(f"{where}: malformed row with {len(row)} fields, expected {width}")
+        out.append(Example(tuple(row[i] for i in idx), _parse_label(task, row[lab], where)))
+    if not out:
+        raise DataError(f"{path}: no data rows (empty split)")
+    return out
+
+
+def synthetic_examples(split: str, n: int, seed: int) -> list[Example]:
+    """A deterministic two-class task with easy and hard samples (so early exit has work to do).
+
+    Class 1 sentences contain more 'good' than 'bad' words; some samples are near-ties.
+    """
+    rng = random.Random(f"{seed}-{split}")
+    filler = ["the", "a", "movie", "plot", "was", "very", "quite", "and", "it", "story", "cast"]
+    out = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        margin = rng.choice([1, 1, 2, 3, 4])
+        good, bad = (margin, 0) if label else (0, margin)
+        bad += rng.randint(0, 1) if label else 0
+        good += 0 if label else rng.randint(0, 1)
+        if good == bad:
+            good, bad = (good + 1, bad) if label else (good, bad + 1)
+        words = ["good"] * good + ["bad"] * bad + rng.choices(filler, k=rng.randint(3, 12))
+        rng.shuffle(words)
+        out.append(Example((" ".join(words),), label))
+    return out
+
+
+def load_examples(task: TaskSpec, split: str, data_dir: str | os.PathLike | None = None,
+                  limit: int | None = None, seed: int = 0) -> list[Example]:
+    """Load `train` or `dev` examples: local dir (`data_dir` or $GLUE_DIR), else the Hub.
+
+    `limit` subsamples deterministically (seeded), as the default profile does for SST-2.
+    """
+    if split not in ("train", "dev"):
+        raise ValueError(f"unknown split {split!r}; valid: train, dev")
+    if task.name == "synthetic":
+        examples = synthetic_examples(split, 800 if split == "train" else 400, seed)
+    else:
+        data_dir = data_dir or os.environ.get("GLUE_DIR")
+        if data_dir:
+            root = Path(data_dir)
+            if not root.is_dir():
+                raise DataError(f"data dir {root} does not exist")
+            fname = "train.tsv" if split == "train" else task.dev_file
+            examples = read_tsv(task, root / TASK_DIRS[task.name] / fname)
+        else:
+            examples = _load_hub(task, split)
+    if limit is not None and 0 < limit < len(examples):
+        rng = random.Random(seed)
+        keep = sorted(rng.sample(range(len(examples)), limit))
+        examples = [examples[i] for i in keep]
+    return examples
+
+
+def _load_hub(task: TaskSpec, split: str) -> list[Example]:
+    """The Hub dataset `nyu-mll/glue` through `datasets` (needs network or a warm cache)."""
+    from datasets import load_dataset
+
+    hub_split = "train" if split == "train" else task.hub_dev_split
+    ds = load_dataset("nyu-mll/glue", task.hub_config, split=hub_split)
+    out = []
+    for i, row in enumerate(ds):
+        label = row["label"]
+        if not task.is_regression and not 0 <= int(label) < task.num_labels:
+            raise DataError(f"nyu-mll/glue/{task.hub_config}/{hub_split} row {i}: label {label} invalid")
+        out.append(Example(tuple(row[f] for f in task.hub_fields),
+                           float(label) if task.is_regression else int(label)))
+    if not out:
+        raise DataError(f"nyu-mll/glue/{task.hub_config}/{hub_split}: empty split")
+    return out
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    """Tokenised examples (truncated to `max_seq_length`, unpadded); `collate` pads per batch."""
+
+    def __init__(self, examples: list[Example], tokenizer, max_seq_length: int, regression: bool):
+        self.regression = regression
+        texts = list(zip(*[e.texts for e in examples], strict=True))
+        enc = tokenizer(*texts, truncation=True, max_length=max_seq_length)
+        self.features = [{k: enc[k][i] for k in enc.keys()} for i in range(len(examples))]
+        self.labels = [e.label for e in examples]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.features[i], "labels": self.labels[i], "index": i}
+
+    def lengths(self) -> list[int]:
+        return [len(f["input_ids"]) for f in self.features]
+
+
+def collate(items: list[dict], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    """Dynamic padding to the longest sequence in the batch."""
+    width = max(len(it["input_ids"]) for it in items)
+    batch: dict[str, torch.Tensor] = {}
+    for key in ("input_ids", "token_type_ids", "attention_mask"):
+        if key not in items[0]:
+            continue
+        pad = pad_token_id if key == "input_ids" else 0
+        batch[key] = torch.tensor([it[key] + [pad] * (width - len(it[key])) for it in items])
+    labels = [it["labels"] for it in items]
+    batch["labels"] = torch.tensor(labels, dtype=torch.float if isinstance(labels[0], float) else torch.long)
+    batch["index"] = torch.tensor([it["index"] for it in items])
+    return batch
+
+
+def make_loader(ds: EncodedDataset, batch_size: int, shuffle: bool, seed: int = 0,
+                pad_token_id: int = 0) -> torch.utils.data.DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=shuffle, generator=gen,
+        collate_fn=lambda items: collate(items, pad_token_id))

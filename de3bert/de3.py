@@ -1,0 +1,1 @@
+"""DE3-BERT (placeholder)."""

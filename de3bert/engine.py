@@ -1,0 +1,109 @@
+"""Inference: the full-depth recording pass and the live layer-by-layer early-exit engine.
+
+Live inference drops a sample from the batch as soon as its policy says exit (batch shrinking),
+so a batch of N gives exactly the exits of N runs at batch size 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .model import MultiExitModel
+from .policy import ExitPolicy, predictions
+
+
+@dataclass
+class LiveResult:
+    exit_layers: torch.Tensor  # [N] 1-based, in dataset order
+    predictions: torch.Tensor  # [N] class ids or regression values
+
+
+def _inputs(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    return batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
+
+
+@torch.inference_mode()
+def record_signals(model: MultiExitModel, loader, progress: bool = True) -> dict[str, torch.Tensor]:
+    """One full-depth pass: every signal of every layer, `[L, N, ...]`, plus `labels` `[N]`.
+
+    Rows are in dataset order (the `index` field of each batch), whatever the loader's order.
+    """
+    model.eval()
+    chunks: dict[str, list[torch.Tensor]] = {}
+    index, labels = [], []
+    for batch in tqdm(loader, desc="record", disable=not progress, leave=False):
+        signals = model(*_inputs(batch))
+        for name in signals[0]:
+            chunks.setdefault(name, []).append(torch.stack([s[name].float() for s in signals]))
+        index.append(batch["index"])
+        labels.append(batch["labels"])
+    order = torch.argsort(torch.cat(index))
+    rec = {name: torch.cat(parts, dim=1)[:, order].contiguous() for name, parts in chunks.items()}
+    rec["labels"] = torch.cat(labels)[order]
+    return rec
+
+
+@torch.inference_mode()
+def run_live(model: MultiExitModel, policy: ExitPolicy, knob: float, loader,
+             progress: bool = False) -> LiveResult:
+    """Layer-by-layer inference that stops computing for exited samples."""
+    model.eval()
+    knobs = policy.knob.validate([knob])
+    exits: dict[int, int] = {}
+    preds: dict[int, float] = {}
+    for batch in tqdm(loader, desc=f"live {policy.name}", disable=not progress, leave=False):
+        ex, pr = live_batch(model, policy, knobs, batch)
+        for i, e, p in zip(batch["index"].tolist(), ex.tolist(), pr.tolist(), strict=True):
+            exits[i], preds[i] = e, p
+    order = sorted(exits)
+    return LiveResult(torch.tensor([exits[i] for i in order]), torch.tensor([preds[i] for i in order]))
+
+
+def live_batch(model: MultiExitModel, policy: ExitPolicy, knobs: torch.Tensor,
+               batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exit layers and predictions `[B]` for one batch, computing only rows still running."""
+    input_ids, attn, token_types = _inputs(batch)
+    n, num_layers = input_ids.shape[0], model.num_layers
+    hidden, mask = model.encoder.embed(input_ids, attn, token_types)
+    head_state = model.heads.init_state(n, input_ids.device)
+    pol_state = policy.init_state(n, knobs)
+    alive = torch.arange(n)
+    exit_layer = torch.full((n,), num_layers, dtype=torch.long)
+    pred: torch.Tensor | None = None
+    labels = batch["labels"]
+    for i in range(num_layers):
+        layer = i + 1
+        hidden = model.encoder.layer(i, hidden, mask)
+        signals = model.heads.forward_layer(layer, hidden, attn, head_state)
+        out = predictions(signals["logits"])
+        if pred is None:
+            pred = torch.zeros(n, dtype=out.dtype)
+        if layer == num_layers:
+            pred[alive] = out
+            break
+        if "labels" in policy.needs:
+            signals = {**signals, "labels": labels[alive]}
+        leave = policy.step(layer, signals, pol_state, knobs)[0]
+        if leave.any():
+            gone = alive[leave]
+            exit_layer[gone] = layer
+            pred[gone] = out[leave]
+            keep = (~leave).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            alive = alive[keep]
+            hidden, attn = hidden.index_select(0, keep), attn.index_select(0, keep)
+            mask = model.encoder.select(mask, keep)
+            token_types = None
+            head_state = {k: v.index_select(0, keep) for k, v in head_state.items()}
+            pol_state = {k: v.index_select(1, keep) for k, v in pol_state.items()}
+    return exit_layer, pred
+
+
+def replay_predictions(record: dict[str, torch.Tensor], exit_layers: torch.Tensor) -> torch.Tensor:
+    """Predictions `[K, N]` at the given exit layers, read from the record's logits."""
+    preds = predictions(record["logits"])  # [L, N]
+    return torch.gather(preds, 0, exit_layers - 1)

@@ -1,0 +1,155 @@
+"""MultiExitModel = a layer-by-layer encoder + exit heads that turn each layer into named signals.
+
+Heads are the only method-specific part of a model; a recipe builds them. Every head emits at
+least `logits` per layer; methods add their own signals (`proto_dist`, `lte`, ...). Policies read
+signals, never the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+from transformers import AutoConfig, AutoModel
+
+from .backbone import LayerwiseEncoder, load_encoder
+
+Signals = dict[str, torch.Tensor]
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str,
+         pooler: nn.Module | None = None) -> torch.Tensor:
+    """`cls`: first token through `pooler` (if any); `mean`: mean over non-padding tokens."""
+    if mode == "mean":
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+    if mode == "cls":
+        return pooler(hidden) if pooler is not None else hidden[:, 0]
+    raise ValueError(f"unknown pooling {mode!r}; valid: cls, mean")
+
+
+class ExitHeads(nn.Module, ABC):
+    """Everything a recipe attaches to the encoder. Emits per-layer signals for a batch.
+
+    `state` is a dict of batch-first tensors that a head may carry across layers (Past-Future
+    keeps the past layers' features); the live engine drops exited rows from it.
+    """
+
+    #: names of the signals `forward_layer` returns (besides `logits`, always present)
+    extra_signals: tuple[str, ...] = ()
+
+    def init_state(self, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+        return {}
+
+    @abstractmethod
+    def forward_layer(self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                      state: dict[str, torch.Tensor]) -> Signals:
+        """Signals of 1-based `layer` from its hidden states; may update `state` in place."""
+
+    def flops_modules(self, layer: int) -> list[nn.Module]:
+        """Modules evaluated at `layer` (for FLOP counting); default: all parameters of the head."""
+        return [self]
+
+
+class ClassifierHeads(ExitHeads):
+    """A linear classifier per layer on a pooled feature (PABEE, DeeBERT, PCEE, max-prob, static).
+
+    poolers: `shared` = the backbone's pooler for every layer (fine-tuned); `per_layer` = one copy
+    of it per layer (DeeBERT's off-ramps); with `mean` pooling no pooler is used.
+    """
+
+    def __init__(self, encoder: LayerwiseEncoder, num_labels: int, pooling: str,
+                 poolers: str = "shared", dropout: float = 0.1):
+        super().__init__()
+        self.pooling, self.num_layers = pooling, encoder.num_layers
+        base = encoder.pooler if pooling == "cls" else None
+        if poolers == "per_layer" and base is not None:
+            self.poolers = nn.ModuleList(copy.deepcopy(base) for _ in range(self.num_layers))
+        else:
+            self.poolers = None
+            self._shared = [base]  # a list so the backbone's pooler is not registered twice
+        self.dropout = nn.Dropout(dropout)
+        self.classifiers = nn.ModuleList(nn.Linear(encoder.hidden_size, num_labels)
+                                         for _ in range(self.num_layers))
+
+    def pooled(self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        pooler = self.poolers[layer - 1] if self.poolers is not None else self._shared[0]
+        return pool(hidden, attention_mask, self.pooling, pooler)
+
+    def forward_layer(self, layer, hidden, attention_mask, state):
+        h = self.pooled(layer, hidden, attention_mask)
+        return {"logits": self.classifiers[layer - 1](self.dropout(h))}
+
+    def flops_modules(self, layer):
+        mods: list[nn.Module] = [self.classifiers[layer - 1]]
+        if self.poolers is not None:
+            mods.append(self.poolers[layer - 1])
+        elif self._shared[0] is not None:
+            mods.append(self._shared[0])
+        return mods
+
+
+class MultiExitModel(nn.Module):
+    """The encoder run layer by layer with exit heads after every layer.
+
+    `meta` holds what is needed to rebuild the model from a directory (backbone, recipe,
+    number of labels, head options); `save`/`load` round-trip the weights with safetensors.
+    """
+
+    def __init__(self, encoder: LayerwiseEncoder, heads: ExitHeads, meta: dict):
+        super().__init__()
+        self.encoder, self.heads, self.meta = encoder, heads, dict(meta)
+
+    @property
+    def num_layers(self) -> int:
+        return self.encoder.num_layers
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None, **_) -> list[Signals]:
+        """Full-depth pass (training, recording): the signals of every layer, in order."""
+        hidden, mask = self.encoder.embed(input_ids, attention_mask, token_type_ids)
+        state = self.heads.init_state(input_ids.shape[0], input_ids.device)
+        out = []
+        for i in range(self.num_layers):
+            hidden = self.encoder.layer(i, hidden, mask)
+            out.append(self.heads.forward_layer(i + 1, hidden, attention_mask, state))
+        return out
+
+    # ---- persistence -------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        save_model(self, str(d / "model.safetensors"))
+        self.encoder.config.save_pretrained(d / "encoder")
+        (d / "multiexit.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> MultiExitModel:
+        """Rebuild from `save` output: encoder from its saved config (no download), then weights."""
+        from .recipes import get_recipe
+
+        d = Path(directory)
+        meta = json.loads((d / "multiexit.json").read_text())
+        config = AutoConfig.from_pretrained(d / "encoder")
+        encoder = LayerwiseEncoder(AutoModel.from_config(config, attn_implementation=meta.get(
+            "attn_implementation", "sdpa")))
+        model = get_recipe(meta["recipe"]).build(encoder, meta)
+        load_model(model, str(d / "model.safetensors"))
+        model.eval()
+        return model
+
+
+def build_model(backbone: str, recipe: str, num_labels: int, pooling: str,
+                attn_implementation: str = "sdpa", **head_options) -> MultiExitModel:
+    """Load `backbone` with AutoModel and attach the heads of `recipe`."""
+    from .recipes import get_recipe
+
+    encoder = LayerwiseEncoder(load_encoder(backbone, attn_implementation))
+    meta = {"backbone": backbone, "recipe": recipe, "num_labels": num_labels, "pooling": pooling,
+            "attn_implementation": attn_implementation, **head_options}
+    return get_recipe(recipe).build(encoder, meta)

@@ -1,0 +1,129 @@
+"""The exit-policy interface: one abstract class, run live or replayed over a record.
+
+A policy sees per-layer *signals* (never the model), keeps per-sample state, and returns a
+per-sample exit decision for a vector of knob values at once. Shapes: signals are batch-first
+`[N, ...]`; knobs are `[K]`; state tensors and decisions are `[K, N]`. Live inference uses K = 1
+and drops exited columns from the state; replay runs all K knob values over a whole record.
+Layers are 1-based; no policy is asked about the last layer (it always exits).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A policy's speed knob: its name, valid range, direction and default sweep."""
+
+    name: str
+    low: float
+    high: float
+    faster: str  # "larger" or "smaller": which direction exits earlier
+    grid: tuple[float, ...] = ()
+    integer: bool = False
+
+    def validate(self, values) -> torch.Tensor:
+        """Reject NaN and out-of-range values with a message that names the valid range."""
+        t = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+        for v in t.tolist():
+            if math.isnan(v) or not self.low <= v <= self.high or (self.integer and v != int(v)):
+                kind = "an integer" if self.integer else "a number"
+                raise ValueError(f"knob {self.name}={v} is out of range: it must be {kind} in "
+                                 f"[{self.low}, {self.high}] ({self.faster} is faster)")
+        return t
+
+
+class ExitPolicy(ABC):
+    """When a sample leaves. Subclasses set `name`, `needs`, `knob` and implement `step`."""
+
+    name: str = ""
+    needs: tuple[str, ...] = ("logits",)
+    knob: Knob
+    supports_regression: bool = False
+
+    def __init__(self, num_labels: int, num_layers: int, **options):
+        self.num_labels, self.num_layers, self.options = num_labels, num_layers, options
+        if num_labels == 1 and not self.supports_regression:
+            raise ValueError(f"policy {self.name!r} does not support regression tasks")
+
+    # -- the knob grid --------------------------------------------------------------------------
+    def grid(self) -> list[float]:
+        """Default sweep of the knob (may depend on the number of layers)."""
+        return list(self.knob.grid)
+
+    def dense_grid(self, n: int) -> list[float]:
+        """`n` values spread over the knob's range (the benchmark's 100-value sweep)."""
+        g = self.grid()
+        vals = torch.linspace(min(g), max(g), n, dtype=torch.float64).tolist()
+        return [round(v) for v in vals] if self.knob.integer else vals
+
+    # -- the decision ---------------------------------------------------------------------------
+    def init_state(self, n: int, knobs: torch.Tensor) -> State:
+        """Per-sample state at the start, `[K, N]` tensors."""
+        return {}
+
+    @abstractmethod
+    def step(self, layer: int, signals: dict[str, torch.Tensor], state: State,
+             knobs: torch.Tensor) -> torch.Tensor:
+        """Exit decisions `[K, N]` (bool) at 1-based `layer` < L; may update `state` in place."""
+
+    def replay(self, record: dict[str, torch.Tensor], knobs) -> torch.Tensor:
+        """Exit layers `[K, N]` (1-based) for every knob value, from a full-depth record.
+
+        `record[name]` is `[L, N, ...]`. Vectorised over samples and knob values; the default
+        loops `step` over layers exactly as the live engine does.
+        """
+        knobs = self.knob.validate(knobs)
+        n = next(iter(record.values())).shape[1]
+        state = self.init_state(n, knobs)
+        exit_layer = torch.full((len(knobs), n), self.num_layers, dtype=torch.long)
+        done = torch.zeros(len(knobs), n, dtype=torch.bool)
+        for layer in range(1, self.num_layers):
+            sig = {k: record[k] if k == "labels" else record[k][layer - 1] for k in self.needs}
+            decide = self.step(layer, sig, state, knobs) & ~done
+            exit_layer[decide] = layer
+            done |= decide
+        return exit_layer
+
+
+# ---- shared indicator maths (float32, no NaN for any finite or infinite logits) --------------
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in nats of softmax(logits): −Σ p·log p computed as −Σ softmax·log_softmax."""
+    x = logits.float()
+    logp = F.log_softmax(x, dim=-1)
+    p = logp.exp()
+    return -(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1).clamp_min(0.0)
+
+
+def normalized_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy / log C, in [0, 1]."""
+    c = logits.shape[-1]
+    return (entropy(logits) / math.log(c)).clamp(0.0, 1.0)
+
+
+def predictions(logits: torch.Tensor) -> torch.Tensor:
+    """Class index, or the value itself for a one-output regression head."""
+    return logits[..., 0].float() if logits.shape[-1] == 1 else logits.argmax(-1)
+
+
+class ThresholdPolicy(ExitPolicy):
+    """Exit when a per-sample score crosses the knob: `score < knob` (or `>` if `exit_above`)."""
+
+    exit_above = False
+
+    @abstractmethod
+    def score(self, layer: int, signals: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-sample indicator `[N]`."""
+
+    def step(self, layer, signals, state, knobs):
+        s = self.score(layer, signals).to(torch.float64)
+        k = knobs.to(torch.float64)[:, None]
+        return s[None, :] > k if self.exit_above else s[None, :] < k

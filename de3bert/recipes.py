@@ -1,0 +1,147 @@
+"""Training recipes: which heads a multi-exit model has and how it is trained (losses, stages).
+
+A recipe is half of a method (the other half is an `ExitPolicy`). Methods that share a recipe
+share one trained model. New recipes register with `@register_recipe`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import ClassifierHeads, MultiExitModel, Signals
+
+LossFn = Callable[[MultiExitModel, list[Signals], torch.Tensor, int], torch.Tensor]
+
+
+@dataclass
+class Stage:
+    """One training stage: the parameters it updates and its loss."""
+
+    name: str
+    trainable: Callable[[MultiExitModel], Iterable[nn.Parameter]]
+    loss: LossFn  # (model, per-layer signals, labels, step-in-epoch) -> scalar
+    lr_scale: float = 1.0
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for classification, MSE for regression (one output)."""
+    if logits.shape[-1] == 1:
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+    return F.cross_entropy(logits.float(), labels)
+
+
+def weighted_ce(signals: list[Signals], labels: torch.Tensor, weights: str = "linear") -> torch.Tensor:
+    """PABEE's weighted average Σ_j w_j·CE_j / Σ_j w_j with w_j = j (or 1 when `uniform`)."""
+    w = [float(j + 1) if weights == "linear" else 1.0 for j in range(len(signals))]
+    return sum(wj * task_loss(s["logits"], labels) for wj, s in zip(w, signals, strict=True)) / sum(w)
+
+
+def all_parameters(model: MultiExitModel) -> Iterable[nn.Parameter]:
+    return model.parameters()
+
+
+class Recipe(ABC):
+    """How to build and train one family of multi-exit models."""
+
+    name: str = ""
+    supports_regression: bool = True
+
+    def build(self, encoder, meta: dict) -> MultiExitModel:
+        """Attach this recipe's heads to `encoder`; `meta` carries num_labels, pooling, options."""
+        return MultiExitModel(encoder, self.heads(encoder, meta), {**meta, "recipe": self.name})
+
+    @abstractmethod
+    def heads(self, encoder, meta: dict) -> nn.Module:
+        """The exit heads of this recipe."""
+
+    @abstractmethod
+    def stages(self) -> list[Stage]:
+        """The training stages, in order."""
+
+    def after_training(self, model: MultiExitModel, train_loader, accelerator=None) -> None:
+        """Hook run once after the last stage (DE³ recomputes its prototypes here)."""
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(cls: type[Recipe]) -> type[Recipe]:
+    RECIPES[cls.name] = cls()
+    return cls
+
+
+def get_recipe(name: str) -> Recipe:
+    from .registry import load_all
+
+    load_all()
+    if name not in RECIPES:
+        raise KeyError(f"unknown recipe {name!r}; valid recipes: {', '.join(sorted(RECIPES))}")
+    return RECIPES[name]
+
+
+@register_recipe
+class Weighted(Recipe):
+    """PABEE: one joint stage, Σ_j j·CE_j / Σ_j j over all exits, every parameter trains."""
+
+    name = "weighted"
+
+    def heads(self, encoder, meta):
+        return ClassifierHeads(encoder, meta["num_labels"], meta["pooling"], poolers="shared")
+
+    def stages(self):
+        return [Stage("joint", all_parameters,
+                      lambda model, sig, y, step: weighted_ce(sig, y, model.meta.get("layer_weights",
+                                                                                     "linear")))]
+
+
+@register_recipe
+class Single(Recipe):
+    """The plain fine-tune: one classifier on the last layer (the full-model reference)."""
+
+    name = "single"
+
+    def heads(self, encoder, meta):
+        return ClassifierHeads(encoder, meta["num_labels"], meta["pooling"], poolers="shared")
+
+    def stages(self):
+        return [Stage("final", all_parameters, lambda model, sig, y, step: task_loss(sig[-1]["logits"], y))]
+
+
+@register_recipe
+class TwoStage(Recipe):
+    """DeeBERT: stage 1 trains backbone + final classifier; stage 2 freezes them and trains the
+    off-ramps 1..L-1 (own pooler each) with the unweighted sum of their losses."""
+
+    name = "two-stage"
+
+    def heads(self, encoder, meta):
+        return ClassifierHeads(encoder, meta["num_labels"], meta["pooling"], poolers="per_layer")
+
+    @staticmethod
+    def _final(model: MultiExitModel):
+        heads = model.heads
+        yield from model.encoder.parameters()
+        yield from heads.classifiers[-1].parameters()
+        if heads.poolers is not None:
+            yield from heads.poolers[-1].parameters()
+
+    @staticmethod
+    def _ramps(model: MultiExitModel):
+        heads = model.heads
+        for j in range(model.num_layers - 1):
+            yield from heads.classifiers[j].parameters()
+            if heads.poolers is not None:
+                yield from heads.poolers[j].parameters()
+
+    def stages(self):
+        return [
+            Stage("final", self._final, lambda m, sig, y, step: task_loss(sig[-1]["logits"], y)),
+            Stage("off-ramps", self._ramps,
+                  lambda m, sig, y, step: sum(task_loss(s["logits"], y) for s in sig[:-1])),
+        ]

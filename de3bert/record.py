@@ -1,0 +1,64 @@
+"""The per-layer record: every signal of one full-depth pass, saved once, replayed many times.
+
+Stored as safetensors plus a JSON sidecar with a SHA-256 of the tensor file, so a truncated or
+corrupted record is detected and rebuilt instead of being used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+class CorruptRecord(RuntimeError):
+    """A record whose file does not match its checksum (or cannot be read)."""
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_record(record: dict[str, torch.Tensor], path: str | Path, meta: dict | None = None) -> None:
+    """Write `path` (.safetensors) and `path`.json atomically (tensor file first, sidecar last)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in record.items()}, str(tmp))
+    os.replace(tmp, path)
+    side = {"sha256": sha256(path), "bytes": path.stat().st_size, "meta": meta or {}}
+    atomic_write_text(path.with_name(path.name + ".json"), json.dumps(side, indent=2, sort_keys=True))
+
+
+def load_record(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a record after checking its checksum; raise `CorruptRecord` if it does not match."""
+    path = Path(path)
+    side_path = path.with_name(path.name + ".json")
+    if not path.is_file() or not side_path.is_file():
+        raise FileNotFoundError(f"no complete record at {path}")
+    try:
+        side = json.loads(side_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CorruptRecord(f"{side_path}: unreadable sidecar ({err})") from err
+    if path.stat().st_size != side.get("bytes") or sha256(path) != side.get("sha256"):
+        raise CorruptRecord(f"{path}: checksum mismatch (truncated or modified)")
+    return load_file(str(path))
+
+
+def record_meta(path: str | Path) -> dict:
+    path = Path(path)
+    return json.loads(path.with_name(path.name + ".json").read_text()).get("meta", {})
