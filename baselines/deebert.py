@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from de3bert.policy import Knob, ThresholdPolicy, entropy
+from de3bert.policy import Knob, ThresholdPolicy, entropy, threshold_grid
 from de3bert.registry import register_method
 
 
@@ -15,8 +15,7 @@ class EntropyPolicy(ThresholdPolicy):
     knob = Knob("S", 0.0, math.inf, "larger")
 
     def grid(self):
-        top = math.log(self.num_labels)
-        return [round(top * i / 40, 6) for i in range(41)]
+        return threshold_grid(math.log(self.num_labels))
 
     def score(self, layer, signals):
         return entropy(signals["logits"])

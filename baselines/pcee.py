@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from de3bert.policy import ExitPolicy, Knob, normalized_entropy
+from de3bert.policy import ExitPolicy, Knob, normalized_entropy, threshold_grid
 from de3bert.registry import register_method
 
 
@@ -15,7 +15,7 @@ class PatientConfidencePolicy(ExitPolicy):
     knob = Knob("tau", 0.0, 1.0, "larger")
 
     def grid(self):
-        return [i / 40 for i in range(41)]
+        return threshold_grid(1.0)
 
     def init_state(self, n, knobs):
         return {"count": torch.zeros(len(knobs), n, dtype=torch.long)}

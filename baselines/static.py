@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from de3bert.policy import ExitPolicy, Knob
 from de3bert.registry import register_method
 

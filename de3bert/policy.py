@@ -127,3 +127,12 @@ class ThresholdPolicy(ExitPolicy):
         s = self.score(layer, signals).to(torch.float64)
         k = knobs.to(torch.float64)[:, None]
         return s[None, :] > k if self.exit_above else s[None, :] < k
+
+
+def threshold_grid(high: float, low: float = 0.0) -> list[float]:
+    """A sweep for a threshold in [low, high]: 41 even steps plus a log-spaced tail near `low`,
+    where well-trained models put most confident samples."""
+    span = high - low
+    values = {low + span * i / 40 for i in range(41)}
+    values |= {low + span * 10 ** (e / 4) for e in range(-20, -4)}
+    return sorted(round(v, 8) for v in values)

@@ -64,7 +64,7 @@ class Recipe(ABC):
     def stages(self) -> list[Stage]:
         """The training stages, in order."""
 
-    def after_training(self, model: MultiExitModel, train_loader, accelerator=None) -> None:
+    def after_training(self, model: MultiExitModel, train_loader, accelerator=None) -> None:  # noqa: B027
         """Hook run once after the last stage (DE³ recomputes its prototypes here)."""
 
 

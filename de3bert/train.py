@@ -167,7 +167,8 @@ def train(cfg: TrainConfig, accelerator: Accelerator | None = None) -> MultiExit
                                  pad_token_id=tok.pad_token_id or 0)
             if accelerator.num_processes > 1:  # shard across replicas; one process keeps our order
                 loader = accelerator.prepare(loader)
-            skip = progress["step_in_epoch"] if (s_idx == progress["stage"] and epoch == progress["epoch"]) else 0
+            resuming = s_idx == progress["stage"] and epoch == progress["epoch"]
+            skip = progress["step_in_epoch"] if resuming else 0
             wrapped.train()
             for i, batch in enumerate(loader):
                 if i < skip:

@@ -1,0 +1,118 @@
+"""Prototypical networks for DE³-BERT: a metric-space map per layer and class prototypes.
+
+Prototypes are buffers (saved with the model, never trained by gradient), updated by a moving
+average of detached class means; under data parallelism the class sums and counts are
+all-reduced first so every replica holds the same prototypes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .model import ClassifierHeads
+
+
+def pairwise_distance(z: torch.Tensor, protos: torch.Tensor, kind: str = "euclidean") -> torch.Tensor:
+    """Distances `[N, C]` from features `[N, d]` to prototypes `[C, d]`.
+
+    Euclidean uses ‖z‖² − 2 z·p + ‖p‖² (a matmul, so FLOP counters see it); the clamp keeps the
+    square root finite and differentiable at zero distance.
+    """
+    z, protos = z.float(), protos.float()
+    if kind == "euclidean":
+        sq = (z * z).sum(-1, keepdim=True) - 2 * z @ protos.T + (protos * protos).sum(-1)[None, :]
+        return sq.clamp_min(1e-12).sqrt()
+    if kind == "cosine":
+        return 1.0 - F.normalize(z, dim=-1, eps=1e-8) @ F.normalize(protos, dim=-1, eps=1e-8).T
+    raise ValueError(f"unknown distance {kind!r}; valid: euclidean, cosine")
+
+
+def class_sums(z: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class feature sums `[C, d]` and counts `[C]`, all-reduced across replicas if any."""
+    onehot = F.one_hot(labels.long(), num_classes).to(z.dtype)
+    sums, counts = onehot.T @ z, onehot.sum(0)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(sums)
+        dist.all_reduce(counts)
+    return sums, counts
+
+
+class PrototypeHeads(ClassifierHeads):
+    """Linear classifiers (PABEE-style) + a map g⁽ᵐ⁾ into a metric space + class prototypes.
+
+    Emits `logits` and `proto_dist` (distance to every class prototype) per layer.
+    """
+
+    extra_signals = ("proto_dist",)
+
+    def __init__(self, encoder, num_labels: int, pooling: str, proto_dim: int = 0, protonet: bool = True,
+                 gamma: float = 0.1, distance: str = "euclidean"):
+        super().__init__(encoder, num_labels, pooling, poolers="shared")
+        if not 0.0 < gamma <= 1.0:
+            raise ValueError(f"gamma={gamma} must be in (0, 1]")
+        hidden = encoder.hidden_size
+        dim = hidden if not protonet else (proto_dim or hidden)
+        self.gamma, self.distance, self.num_labels = gamma, distance, num_labels
+        self.projections = nn.ModuleList(
+            (nn.Linear(hidden, dim) if protonet else nn.Identity()) for _ in range(self.num_layers))
+        self.register_buffer("prototypes", torch.zeros(self.num_layers, num_labels, dim))
+        self.register_buffer("proto_set", torch.zeros(self.num_layers, num_labels, dtype=torch.bool))
+
+    def forward_layer(self, layer, hidden, attention_mask, state):
+        h = self.pooled(layer, hidden, attention_mask)
+        z = self.projections[layer - 1](h)
+        out = {"logits": self.classifiers[layer - 1](self.dropout(h)),
+               "proto_dist": pairwise_distance(z, self.prototypes[layer - 1], self.distance)}
+        if self.training:
+            out["_z"] = z  # for DAR and the EMA update; never recorded
+        return out
+
+    def flops_modules(self, layer):
+        return [*super().flops_modules(layer), self.projections[layer - 1]]
+
+    @torch.no_grad()
+    def ema_update(self, z_per_layer: list[torch.Tensor], labels: torch.Tensor) -> None:
+        """cp_k ← (1−γ)·cp_k + γ·batch mean of class k; unset → batch mean; absent → unchanged."""
+        for m, z in enumerate(z_per_layer):
+            sums, counts = class_sums(z.detach().float(), labels, self.num_labels)
+            present = counts > 0
+            mean = sums / counts.clamp_min(1)[:, None]
+            fresh = present & ~self.proto_set[m]
+            old = self.prototypes[m]
+            ema = (1 - self.gamma) * old + self.gamma * mean
+            new = torch.where(fresh[:, None], mean, torch.where(present[:, None], ema, old))
+            self.prototypes[m].copy_(new)
+            self.proto_set[m] |= present
+
+    def after_step(self, signals, labels, accelerator=None) -> None:
+        self.ema_update([s["_z"] for s in signals], labels)
+
+    @torch.no_grad()
+    def recompute(self, model, loader, device=None) -> None:
+        """Replace the EMA prototypes by exact class means over `loader` (one pass, no gradient)."""
+        was_training = model.training
+        model.eval()
+        total = torch.zeros_like(self.prototypes)
+        count = torch.zeros(self.prototypes.shape[:2], device=self.prototypes.device)
+        for batch in loader:
+            if device is not None:
+                batch = {k: v.to(device) for k, v in batch.items()}
+            hidden, mask = model.encoder.embed(batch["input_ids"], batch["attention_mask"],
+                                               batch.get("token_type_ids"))
+            for i in range(self.num_layers):
+                hidden = model.encoder.layer(i, hidden, mask)
+                z = self.projections[i](self.pooled(i + 1, hidden, batch["attention_mask"])).float()
+                onehot = F.one_hot(batch["labels"].long(), self.num_labels).float()
+                total[i] += onehot.T @ z
+                count[i] += onehot.sum(0)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(total)
+            dist.all_reduce(count)
+        seen = count > 0
+        self.prototypes.copy_(torch.where(seen[..., None], total / count.clamp_min(1)[..., None],
+                                          self.prototypes))
+        self.proto_set |= seen
+        model.train(was_training)
