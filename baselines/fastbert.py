@@ -1,1 +1,123 @@
-"""Placeholder, filled in by issue 4."""
+"""FastBERT (Liu et al., ACL 2020): normalized entropy ≤ speed; self-distillation recipe.
+
+The exit head is heavier than a linear classifier (a small self-attention block per layer). The
+last layer's head is the teacher: stage 1 trains it with the backbone, stage 2 freezes both and
+distils the teacher into the L−1 student heads with KL divergence (no labels).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from de3bert.model import ExitHeads, MultiExitModel
+from de3bert.policy import ExitPolicy, Knob, normalized_entropy, threshold_grid
+from de3bert.recipes import Recipe, Stage, register_recipe, task_loss
+from de3bert.registry import register_method
+
+
+class FastBertClassifier(nn.Module):
+    """Linear H→w + tanh on every token, w-wide multi-head self-attention with the padding mask,
+    first token, Linear w→w + tanh, Linear w→C.
+
+    Attention is explicit matmuls (not SDPA) so FLOP counters see all of the head's work.
+    """
+
+    def __init__(self, hidden_size: int, num_labels: int, width: int = 128, heads: int = 2,
+                 dropout: float = 0.1):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"FastBERT head width {width} is not divisible by {heads} heads")
+        self.heads = heads
+        self.inp = nn.Linear(hidden_size, width)
+        self.q, self.k, self.v = nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, width)
+        self.out = nn.Linear(width, width)
+        self.dropout = nn.Dropout(dropout)
+        self.dense = nn.Linear(width, width)
+        self.classifier = nn.Linear(width, num_labels)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, w = x.shape
+        return x.view(n, t, self.heads, w // self.heads).transpose(1, 2)  # [N, heads, T, d]
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = torch.tanh(self.inp(hidden))
+        q, k, v = self._split(self.q(x)), self._split(self.k(x)), self._split(self.v(x))
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        pad = ~attention_mask.bool()[:, None, None, :]
+        scores = scores.masked_fill(pad, torch.finfo(scores.dtype).min)
+        ctx = self.dropout(scores.softmax(-1)) @ v  # [N, heads, T, d]
+        ctx = self.out(ctx.transpose(1, 2).reshape(x.shape))
+        return self.classifier(torch.tanh(self.dense(ctx[:, 0])))
+
+
+class FastBertHeads(ExitHeads):
+    """One FastBERT classifier per layer; the last one is the teacher. Ignores `pooling`: the head
+    pools its own attention output at the first token, as the paper does."""
+
+    def __init__(self, hidden_size: int, num_layers: int, num_labels: int, width: int = 128,
+                 attention_heads: int = 2):
+        super().__init__()
+        if num_labels < 2:
+            raise ValueError("FastBERT's self-distillation (KL between class distributions) needs a "
+                             "classification task; regression is not supported")
+        self.layers = nn.ModuleList(FastBertClassifier(hidden_size, num_labels, width, attention_heads)
+                                    for _ in range(num_layers))
+
+    def forward_layer(self, layer, hidden, attention_mask, state):
+        return {"logits": self.layers[layer - 1](hidden, attention_mask)}
+
+
+def distill_loss(model: MultiExitModel, signals, labels, step) -> torch.Tensor:
+    """Σ_i KL(teacher ‖ student_i) over layers 1..L−1, teacher detached; labels unused."""
+    teacher = F.log_softmax(signals[-1]["logits"].detach().float(), dim=-1)
+    return sum(F.kl_div(F.log_softmax(s["logits"].float(), dim=-1), teacher, log_target=True,
+                        reduction="batchmean") for s in signals[:-1])
+
+
+@register_recipe
+class SelfDistill(Recipe):
+    """Stage 1: backbone + teacher with the task loss; stage 2: students by KL, lr × 10."""
+
+    name = "self-distill"
+    supports_regression = False
+
+    def heads(self, encoder, meta):
+        return FastBertHeads(encoder.hidden_size, encoder.num_layers, meta["num_labels"],
+                             meta.get("fastbert_width", 128), meta.get("fastbert_heads", 2))
+
+    @staticmethod
+    def _teacher(model: MultiExitModel):
+        yield from model.encoder.parameters()
+        yield from model.heads.layers[-1].parameters()
+
+    @staticmethod
+    def _students(model: MultiExitModel):
+        for head in model.heads.layers[:-1]:
+            yield from head.parameters()
+
+    def stages(self):
+        return [Stage("teacher", self._teacher, lambda m, sig, y, step: task_loss(sig[-1]["logits"], y)),
+                Stage("distill", self._students, distill_loss, lr_scale=10.0)]
+
+
+class FastBertPolicy(ExitPolicy):
+    """Exit when H(p_i)/log C ≤ speed (FastBERT's "uncertainty"). Larger speed exits earlier;
+    speed = 1 exits every sample at layer 1."""
+
+    name = "fastbert-uncertainty"
+    knob = Knob("speed", 0.0, 1.0, "larger")
+
+    def grid(self):
+        return threshold_grid(1.0)
+
+    def step(self, layer, signals, state, knobs):
+        u = normalized_entropy(signals["logits"]).double()
+        return u[None, :] <= knobs.double()[:, None]
+
+
+register_method("fastbert", "self-distill", FastBertPolicy,
+                "FastBERT: normalized entropy <= speed on self-distilled attention heads")

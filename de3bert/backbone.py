@@ -16,6 +16,10 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 
 EMBEDDED_BACKBONE = "embedded:all-MiniLM-L6-v2"
+#: a randomly initialised 4-layer BERT (no download): the smoke profile and tests
+TINY_RANDOM = "tiny-random"
+TINY_CONFIG = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
+               "intermediate_size": 128, "max_position_embeddings": 512}
 SUPPORTED_TYPES = ("bert", "roberta", "albert", "distilbert", "electra", "xlm-roberta")
 
 
@@ -32,7 +36,7 @@ def embedded_backbone_path() -> str:
 
 def resolve_backbone(name: str) -> str:
     """Map `embedded:*`/`minilm` to the packaged model directory; pass Hub ids and paths through."""
-    if name in (EMBEDDED_BACKBONE, "embedded", "minilm", "all-MiniLM-L6-v2"):
+    if name in (EMBEDDED_BACKBONE, "embedded", "minilm", "all-MiniLM-L6-v2", TINY_RANDOM):
         return embedded_backbone_path()
     return name
 
@@ -54,6 +58,10 @@ def load_tokenizer(name: str):
 
 def load_encoder(name: str, attn_implementation: str = "sdpa") -> PreTrainedModel:
     """`AutoModel.from_pretrained` for a Hub id, local path or the embedded backbone."""
+    if name == TINY_RANDOM:  # the embedded tokenizer's vocabulary, random weights
+        from transformers import BertConfig, BertModel
+
+        return BertModel(BertConfig(**TINY_CONFIG, attn_implementation=attn_implementation))
     path = resolve_backbone(name)
     if not (os.path.isdir(path) or "/" in name or name.replace("-", "").isalnum()):
         raise ValueError(f"backbone {name!r} is neither a directory nor a Hub id")
@@ -68,6 +76,17 @@ def load_encoder(name: str, attn_implementation: str = "sdpa") -> PreTrainedMode
         raise ValueError(f"backbone {name!r} has model_type {config.model_type!r}; "
                          f"supported: {', '.join(SUPPORTED_TYPES)}")
     return AutoModel.from_pretrained(path, attn_implementation=attn_implementation)
+
+
+class _FirstTokenPooler(nn.Module):
+    """activation(dense(hidden[:, 0])): the ALBERT pooler as a hidden-states -> [N, H] module."""
+
+    def __init__(self, dense: nn.Module, activation: nn.Module):
+        super().__init__()
+        self.dense, self.activation = dense, activation
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden[:, 0]))
 
 
 class LayerwiseEncoder(nn.Module):
@@ -95,7 +114,12 @@ class LayerwiseEncoder(nn.Module):
 
     @property
     def pooler(self) -> nn.Module | None:
-        return getattr(self.encoder, "pooler", None)
+        """A module mapping hidden states `[N, T, H]` to a pooled `[N, H]` (None: no pooler)."""
+        pooler = getattr(self.encoder, "pooler", None)
+        if pooler is not None and self.config.model_type == "albert":
+            # AlbertModel.pooler is a bare Linear applied to the first token, then tanh
+            return _FirstTokenPooler(pooler, self.encoder.pooler_activation)
+        return pooler
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
               token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -51,10 +51,6 @@ class ExitHeads(nn.Module, ABC):
                       state: dict[str, torch.Tensor]) -> Signals:
         """Signals of 1-based `layer` from its hidden states; may update `state` in place."""
 
-    def flops_modules(self, layer: int) -> list[nn.Module]:
-        """Modules evaluated at `layer` (for FLOP counting); default: all parameters of the head."""
-        return [self]
-
 
 class ClassifierHeads(ExitHeads):
     """A linear classifier per layer on a pooled feature (PABEE, DeeBERT, PCEE, max-prob, static).
@@ -84,14 +80,6 @@ class ClassifierHeads(ExitHeads):
     def forward_layer(self, layer, hidden, attention_mask, state):
         h = self.pooled(layer, hidden, attention_mask)
         return {"logits": self.classifiers[layer - 1](self.dropout(h))}
-
-    def flops_modules(self, layer):
-        mods: list[nn.Module] = [self.classifiers[layer - 1]]
-        if self.poolers is not None:
-            mods.append(self.poolers[layer - 1])
-        elif self._shared[0] is not None:
-            mods.append(self._shared[0])
-        return mods
 
 
 class MultiExitModel(nn.Module):
@@ -129,15 +117,18 @@ class MultiExitModel(nn.Module):
         (d / "multiexit.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True))
 
     @classmethod
-    def load(cls, directory: str | Path) -> MultiExitModel:
-        """Rebuild from `save` output: encoder from its saved config (no download), then weights."""
+    def load(cls, directory: str | Path, attn_implementation: str | None = None) -> MultiExitModel:
+        """Rebuild from `save` output: encoder from its saved config (no download), then weights.
+
+        `attn_implementation="eager"` gives a copy whose attention FLOP counters can see.
+        """
         from .recipes import get_recipe
 
         d = Path(directory)
         meta = json.loads((d / "multiexit.json").read_text())
         config = AutoConfig.from_pretrained(d / "encoder")
-        encoder = LayerwiseEncoder(AutoModel.from_config(config, attn_implementation=meta.get(
-            "attn_implementation", "sdpa")))
+        attn = attn_implementation or meta.get("attn_implementation", "sdpa")
+        encoder = LayerwiseEncoder(AutoModel.from_config(config, attn_implementation=attn))
         model = get_recipe(meta["recipe"]).build(encoder, meta)
         load_model(model, str(d / "model.safetensors"))
         model.eval()

@@ -82,7 +82,7 @@ class ExitPolicy(ABC):
         loops `step` over layers exactly as the live engine does.
         """
         knobs = self.knob.validate(knobs)
-        n = next(iter(record.values())).shape[1]
+        n = record["labels"].shape[0]
         state = self.init_state(n, knobs)
         exit_layer = torch.full((len(knobs), n), self.num_layers, dtype=torch.long)
         done = torch.zeros(len(knobs), n, dtype=torch.bool)

@@ -70,9 +70,6 @@ class PrototypeHeads(ClassifierHeads):
             out["_z"] = z  # for DAR and the EMA update; never recorded
         return out
 
-    def flops_modules(self, layer):
-        return [*super().flops_modules(layer), self.projections[layer - 1]]
-
     @torch.no_grad()
     def ema_update(self, z_per_layer: list[torch.Tensor], labels: torch.Tensor) -> None:
         """cp_k ← (1−γ)·cp_k + γ·batch mean of class k; unset → batch mean; absent → unchanged."""

@@ -1,0 +1,1 @@
+"""Benchmark runner, profiles, reports and pytest-benchmark suites."""

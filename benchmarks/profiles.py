@@ -1,0 +1,68 @@
+"""Run profiles (`smoke`, `default`, `paper`): YAML files mapped onto one dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+
+
+@dataclass
+class Profile:
+    """Everything a benchmark run does: which models to train and which methods to replay."""
+
+    name: str
+    """Profile name (smoke, default, paper)."""
+    backbone: str = "embedded:all-MiniLM-L6-v2"
+    """Backbone: Hub id, local path, `embedded:all-MiniLM-L6-v2`, or `tiny-random` (smoke)."""
+    tasks: list[str] = field(default_factory=lambda: ["mrpc"])
+    """GLUE tasks (or `synthetic`)."""
+    methods: list[str] = field(default_factory=lambda: ["deebert", "pabee"])
+    """Registered methods to evaluate (`de3bert list`)."""
+    seeds: list[int] = field(default_factory=lambda: [42])
+    """One trained model per (task, recipe, seed)."""
+    train: dict = field(default_factory=dict)
+    """TrainConfig fields shared by every training run (lr, epochs, batch_size, ...)."""
+    task_train: dict = field(default_factory=dict)
+    """Per-task TrainConfig overrides, e.g. {sst2: {train_limit: 2000}}."""
+    method_tasks: dict = field(default_factory=dict)
+    """Restrict a method to some tasks, e.g. {fastbert: [mrpc, rte]} (others run everywhere)."""
+    dev_limit: int = 0
+    """Evaluate on this many dev samples (0 = the whole dev split)."""
+    speedup_targets: list[float] = field(default_factory=lambda: [1.5, 2.0])
+    """Layer speed-ups at which the paper-style table picks each method's operating point."""
+    timing: dict = field(default_factory=lambda: {"samples": 64, "repeats": 3, "warmup": 4,
+                                                  "batch_size": 32, "methods": "all"})
+    """Live wall-clock runs at the operating points: samples, repeats, warmup, batched size, methods."""
+    threads: int = 2
+    """torch threads for every measurement (recorded in the results)."""
+    device: str = "cpu"
+    """cpu or cuda."""
+    step_seconds: dict = field(default_factory=lambda: {"default": 1.4})
+    """Seconds per training step by task (for the --dry-run estimate only)."""
+
+    @classmethod
+    def load(cls, name_or_path: str) -> Profile:
+        path = Path(name_or_path)
+        if not path.suffix:
+            path = PROFILE_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            valid = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+            raise FileNotFoundError(f"unknown profile {name_or_path!r}; valid profiles: {', '.join(valid)} "
+                                    "(or a path to a .yaml file)")
+        data = yaml.safe_load(path.read_text()) or {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown profile keys {sorted(unknown)}; valid: {sorted(known)}")
+        return cls(**data)
+
+    def train_overrides(self, task: str) -> dict:
+        return {**self.train, **self.task_train.get(task, {})}
+
+    def methods_for(self, task: str) -> list[str]:
+        return [m for m in self.methods if task in self.method_tasks.get(m, [task])]

@@ -1,0 +1,171 @@
+"""Paper-style tables (Markdown, LaTeX), curve areas and seaborn trade-off plots from results.jsonl."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+ABLATIONS = ("de3-entropy", "de3-dr", "de3-nodar", "de3-noproto", "de3-lambda")
+
+
+def load_rows(out: str | Path) -> pd.DataFrame:
+    path = Path(out) / "results.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"{path} has no rows")
+    df = pd.DataFrame(rows)
+    df["score"] = [m[h] for m, h in zip(df["metric"], df["headline_metric"], strict=True)]
+    return df
+
+
+def is_ablation(method: str) -> bool:
+    return method.startswith(ABLATIONS)
+
+
+def operating_table(df: pd.DataFrame, target: float, methods: list[str] | None = None) -> pd.DataFrame:
+    """Rows = methods, columns = tasks: 'metric (achieved layer speed-up)' at the target."""
+    sel = df[df["operating_point"].apply(lambda v: isinstance(v, list) and target in v)]
+    if methods is not None:
+        sel = sel[sel["method"].isin(methods)]
+    table: dict[str, dict[str, str]] = {}
+    best: dict[str, float] = {}
+    for task, g in sel.groupby("task", sort=False):
+        scores = g.groupby("method")["score"].mean()
+        deployable = [m for m in scores.index if not g[g["method"] == m]["report_only"].any()]
+        best[task] = scores[deployable].max() if deployable else np.nan
+    for (method, task), g in sel.groupby(["method", "task"], sort=False):
+        s, sp = g["score"].mean(), g["speedup_layers"].mean()
+        mark = "**" if np.isclose(s, best.get(task, np.nan)) and not g["report_only"].any() else ""
+        table.setdefault(method, {})[task] = f"{mark}{s:.1f}{mark} ({sp:.2f}×)"
+    full = df[df["method"] == "full-model"].groupby("task")["score"].mean()
+    table = {"full-model": {t: f"{v:.1f} (1.00×)" for t, v in full.items()}, **table}
+    tasks = list(dict.fromkeys(df["task"]))
+    return pd.DataFrame(table).T.reindex(columns=tasks).fillna("–")
+
+
+def curve_area(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean headline metric over layer speed-up in [1, S_max] (area / (S_max − 1)).
+
+    Each method's curve is its upper envelope (best metric at ≥ each speed-up); S_max per task is
+    the smallest of the methods' largest speed-ups, so every method is defined on the interval.
+    """
+    out: dict[str, dict[str, float]] = {}
+    sub = df[(df["method"] != "full-model") & ~df["report_only"].fillna(False).astype(bool)]
+    for task, g in sub.groupby("task", sort=False):
+        s_max = g.groupby("method")["speedup_layers"].max().min()
+        if not s_max > 1.0:
+            continue
+        xs = np.linspace(1.0, s_max, 200)
+        for method, m in g.groupby("method"):
+            sp, sc = m["speedup_layers"].to_numpy(), m["score"].to_numpy()
+            env = [sc[sp >= x - 1e-9].max() if (sp >= x - 1e-9).any() else np.nan for x in xs]
+            out.setdefault(method, {})[task] = float(np.trapezoid(env, xs) / (s_max - 1.0))
+    tasks = list(dict.fromkeys(df["task"]))
+    return pd.DataFrame(out).T.reindex(columns=tasks).round(2)
+
+
+def _latex(df: pd.DataFrame) -> str:
+    return df.to_latex(escape=True).replace(r"\*\*", "").replace("**", "")
+
+
+def trade_off_plot(df: pd.DataFrame, path: Path, include_ablations: bool = False) -> list[Path]:
+    sub = df[(df["method"] != "full-model") & ~df["report_only"].fillna(False).astype(bool)]
+    if not include_ablations:
+        sub = sub[~sub["method"].apply(is_ablation)]
+    sub = sub.sort_values("speedup_layers")
+    grid = sns.relplot(data=sub, x="speedup_layers", y="score", hue="method", col="task", kind="line",
+                       marker="o", markersize=3, col_wrap=min(3, sub["task"].nunique()),
+                       facet_kws={"sharey": False, "sharex": False}, height=3.2, aspect=1.2,
+                       estimator=None, sort=True, errorbar=None)
+    full = df[df["method"] == "full-model"].groupby("task")["score"].mean()
+    for task, ax in grid.axes_dict.items():
+        if task in full:
+            ax.axhline(full[task], color="grey", ls="--", lw=1)
+        ax.set_xlabel("layer speed-up (×)")
+        ax.set_ylabel(df[df["task"] == task]["headline_metric"].iloc[0])
+    grid.figure.suptitle("metric vs layer speed-up (dashed: full model)", y=1.02)
+    paths = [path.with_suffix(".png"), path.with_suffix(".pdf")]
+    for p in paths:
+        grid.figure.savefig(p, bbox_inches="tight", dpi=130)
+    plt.close(grid.figure)
+    return paths
+
+
+def exit_histogram_plot(df: pd.DataFrame, path: Path, target: float) -> list[Path]:
+    sel = df[df["operating_point"].apply(lambda v: isinstance(v, list) and target in v)]
+    sel = sel[~sel["method"].apply(is_ablation)]
+    recs = []
+    for _, r in sel.iterrows():
+        total = sum(r["exit_histogram"])
+        for layer, c in enumerate(r["exit_histogram"], 1):
+            recs.append({"task": r["task"], "method": r["method"], "layer": layer, "share": c / total})
+    if not recs:
+        return []
+    hist = pd.DataFrame(recs)
+    grid = sns.catplot(data=hist, x="layer", y="share", hue="method", col="task", kind="bar",
+                       col_wrap=min(3, hist["task"].nunique()), height=3.0, aspect=1.3)
+    grid.figure.suptitle(f"exit-layer distribution at the {target:g}× operating point", y=1.02)
+    paths = [path.with_suffix(".png"), path.with_suffix(".pdf")]
+    for p in paths:
+        grid.figure.savefig(p, bbox_inches="tight", dpi=130)
+    plt.close(grid.figure)
+    return paths
+
+
+def write_reports(out: str | Path, plots_dir: str | Path | None = None) -> list[Path]:
+    """Write DIR/tables/*.md|.tex and DIR/plots/*.png|.pdf; return the paths written."""
+    out = Path(out)
+    df = load_rows(out)
+    tables, plots = out / "tables", Path(plots_dir) if plots_dir else out / "plots"
+    tables.mkdir(parents=True, exist_ok=True)
+    plots.mkdir(parents=True, exist_ok=True)
+    targets = sorted({t for v in df["operating_point"] if isinstance(v, list) for t in v})
+    written = []
+    md = ["# Early exit at equal layer speed-up", "",
+          "Cells: headline dev metric (achieved layer speed-up); **bold** = best deployable method "
+          "per task; the oracle uses labels (head-room only).", ""]
+    tex = []
+    main = [m for m in df["method"].unique() if not is_ablation(m)]
+    ablation = [m for m in df["method"].unique() if m.startswith("de3")]
+    for t in targets:
+        tab = operating_table(df, t, main)
+        md += [f"## Target {t:g}×", "", tab.to_markdown(), ""]
+        tex += [f"% target {t:g}x", _latex(tab)]
+    for t in targets:
+        tab = operating_table(df, t, ablation)
+        if len(tab) > 1:
+            md += [f"## DE³ ablations at {t:g}×", "", tab.to_markdown(), ""]
+            tex += [f"% ablations, target {t:g}x", _latex(tab)]
+    area = curve_area(df)
+    md += ["## Area under the metric-vs-speed-up curve", "",
+           "Mean headline metric over layer speed-up ∈ [1, S_max] (upper envelope; S_max = smallest "
+           "maximum speed-up among methods on the task).", "", area.to_markdown(), ""]
+    tex += ["% area under curve", _latex(area)]
+    speed = df[df["speedup_wallclock"].notna() & (df["method"] != "full-model")]
+    if len(speed):
+        cols = ["task", "method", "knob", "speedup_layers", "speedup_flops", "speedup_wallclock",
+                "speedup_wallclock_b32", "speedup_wallclock_model", "live_agrees"]
+        s = speed[[c for c in cols if c in speed.columns]].copy()
+        s["knob"] = s["knob"].apply(lambda k: f"{k['name']}={k['value']:.4g}")
+        md += ["## Three speed-ups at the operating points", "",
+               "Wall-clock: batch 1 (and batch 32 with batch shrinking), median of interleaved repeats, "
+               "on the first timing samples of the dev set; `model` = timing model from per-layer costs.",
+               "", s.round(3).to_markdown(index=False), ""]
+    (tables / "results.md").write_text("\n".join(md))
+    (tables / "results.tex").write_text("\n\n".join(tex))
+    written += [tables / "results.md", tables / "results.tex"]
+    written += trade_off_plot(df, plots / "tradeoff")
+    if df["method"].apply(is_ablation).any():
+        written += trade_off_plot(df[df["method"].str.startswith("de3") | (df["method"] == "full-model")],
+                                  plots / "tradeoff_de3_ablations", include_ablations=True)
+    if targets:
+        written += exit_histogram_plot(df, plots / "exit_histogram", max(targets))
+    return written

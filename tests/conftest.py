@@ -1,0 +1,109 @@
+"""Shared fixtures: offline hub, a tiny random encoder, the synthetic loader, real GLUE rows.
+
+Every test runs offline: HF_HUB_OFFLINE is set at import time and any network socket connection
+attempt (IPv4/IPv6) raises and fails the test that made it, even if the caller swallowed the error.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import socket  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_NETWORK_ATTEMPTS: list[str] = []
+
+
+def _blocked(kind: str):
+    original = getattr(socket.socket, kind)
+
+    def guard(self, address, *args, **kwargs):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            _NETWORK_ATTEMPTS.append(f"{kind}({address!r})")
+            raise OSError(f"network access is forbidden in tests: {kind} to {address!r}")
+        return original(self, address, *args, **kwargs)
+
+    return guard
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_network():
+    """Make every IPv4/IPv6 socket connection fail for the whole session."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", _blocked("connect"))
+        mp.setattr(socket.socket, "connect_ex", _blocked("connect_ex"))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def fail_on_network_attempt(no_network):
+    """Fail a test that tried to connect anywhere, even if the code under test caught the error."""
+    _NETWORK_ATTEMPTS.clear()
+    yield
+    attempts = list(_NETWORK_ATTEMPTS)
+    _NETWORK_ATTEMPTS.clear()
+    if attempts:
+        pytest.fail(f"test attempted network access: {attempts}")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from de3bert.backbone import load_tokenizer
+
+    return load_tokenizer("embedded")
+
+
+TINY_BERT = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                 intermediate_size=64)
+
+
+@pytest.fixture
+def tiny_encoder():
+    """Factory: a fresh LayerwiseEncoder over a random 4-layer BERT (hidden 32), seeded."""
+    from transformers import BertConfig, BertModel
+
+    from de3bert.backbone import LayerwiseEncoder
+
+    def make(seed: int = 0, attn_implementation: str = "sdpa", **overrides) -> LayerwiseEncoder:
+        torch.manual_seed(seed)
+        config = BertConfig(**{**TINY_BERT, **overrides}, attn_implementation=attn_implementation)
+        return LayerwiseEncoder(BertModel(config))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tokenizer):
+    from de3bert.data import EncodedDataset, get_task, load_examples
+
+    examples = load_examples(get_task("synthetic"), "dev")[:64]
+    return EncodedDataset(examples, tokenizer, max_seq_length=64, regression=False)
+
+
+@pytest.fixture
+def synthetic_loader(synthetic_dataset, tokenizer):
+    """Factory: a loader over the first 64 synthetic dev examples, in order."""
+    from de3bert.data import make_loader
+
+    def make(batch_size: int, shuffle: bool = False):
+        return make_loader(synthetic_dataset, batch_size, shuffle=shuffle,
+                           pad_token_id=tokenizer.pad_token_id or 0)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> Path:
+    """The partial GLUE copy next to the repo (../shared/glue_data); skip when it is absent."""
+    path = (REPO_ROOT / ".." / "shared" / "glue_data").resolve()
+    if not path.is_dir():
+        pytest.skip(f"real GLUE rows not available: {path} does not exist "
+                    "(tests that read real GLUE data need ../shared/glue_data)")
+    return path

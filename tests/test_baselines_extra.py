@@ -1,0 +1,325 @@
+"""FastBERT, BERxiT and Past-Future (GPFEE): exit rules, replay = live, batch-N = batch-1,
+what each training stage updates, and FLOPs visible to FlopCounterMode. Tiny random BERT."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import math  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from transformers import BertConfig, BertModel  # noqa: E402
+
+from baselines.berxit import LtePolicy, lte_targets  # noqa: E402
+from baselines.fastbert import FastBertPolicy  # noqa: E402
+from baselines.past_future import PastFutureEntropyPolicy, future_loss  # noqa: E402
+from de3bert.backbone import LayerwiseEncoder, load_tokenizer  # noqa: E402
+from de3bert.data import EncodedDataset, get_task, load_examples, make_loader  # noqa: E402
+from de3bert.engine import record_signals, run_live  # noqa: E402
+from de3bert.policy import entropy, normalized_entropy  # noqa: E402
+from de3bert.recipes import get_recipe  # noqa: E402
+from de3bert.registry import get_method  # noqa: E402
+
+L = 4
+# de3bert.policy.entropy must give log 2 for two equal logits; if not, entropy-based rules are moot
+ENTROPY_BROKEN = abs(entropy(torch.zeros(1, 2)).item() - math.log(2)) > 1e-5
+needs_entropy = pytest.mark.xfail(ENTROPY_BROKEN, strict=True,
+                                  reason="de3bert.policy.entropy returns 0 (sign/clamp precedence bug)")
+ENTROPY_METHODS = {"fastbert", "past-future"}
+
+
+def tiny_encoder(seed: int = 0, attn: str = "sdpa") -> LayerwiseEncoder:
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=L, num_attention_heads=4,
+                     intermediate_size=64, attn_implementation=attn)
+    return LayerwiseEncoder(BertModel(cfg))
+
+
+def build(recipe: str, num_labels: int = 2, seed: int = 0, attn: str = "sdpa"):
+    meta = {"backbone": "tiny", "num_labels": num_labels, "pooling": "cls", "attn_implementation": attn}
+    return get_recipe(recipe).build(tiny_encoder(seed, attn), meta)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    tok = load_tokenizer("embedded")
+    return EncodedDataset(load_examples(get_task("synthetic"), "dev")[:40], tok, 64, False)
+
+
+# ---- (a) exit rules on hand-made signals --------------------------------------------------------
+def _logits(rows: list[list[list[float]]]) -> torch.Tensor:
+    """rows[sample][layer] = logits -> record layout [L, N, C]."""
+    return torch.tensor(rows).transpose(0, 1).contiguous()
+
+
+HAND_LOGITS = _logits([
+    [[0, 0], [0, 0], [0, 0], [0, 0]],          # uniform everywhere
+    [[0, 0], [200, -200], [0, 0], [0, 0]],     # one-hot (entropy exactly 0) at layer 2
+    [[1, 0], [3, 0], [0, 0], [0, 0]],          # H = .58 then .19 nats
+])
+
+
+@needs_entropy
+def test_fastbert_rule_is_le_speed():
+    pol = FastBertPolicy(2, L)
+    rec = {"logits": HAND_LOGITS}
+    tie = normalized_entropy(torch.tensor([[3.0, 0.0]])).item()
+    got = pol.replay(rec, [0.0, 0.5, tie, 1.0])
+    assert got.tolist() == [[4, 2, 4],   # speed 0: only a zero-entropy layer exits (≤)
+                            [4, 2, 2],
+                            [4, 2, 2],   # H_n == speed exits
+                            [1, 1, 1]]   # speed 1 exits everything at layer 1 (uniform ties too)
+    with pytest.raises(ValueError, match="out of range"):
+        pol.replay(rec, [1.5])
+
+
+def test_berxit_rule_is_lt_theta():
+    lte = torch.tensor([[0.5, 0.5, 0.5, 0.0], [0.9, 0.3, 0.1, 0.0], [0.0, 1.0, 1.0, 1.0],
+                        [1.0, 1.0, 1.0, 1.0]]).T.contiguous()
+    rec = {"logits": torch.zeros(L, 4, 2), "lte": lte}
+    got = LtePolicy(2, L).replay(rec, [0.0, 0.5, 1.0])
+    assert got.tolist() == [[4, 4, 4, 4],   # θ = 0 never exits (u ≥ 0, strict)
+                            [4, 2, 1, 4],   # u == θ does not exit
+                            [1, 1, 1, 4]]   # θ = 1 exits unless u saturates at 1
+    assert LtePolicy(1, L).replay({"logits": torch.zeros(L, 4, 1), "lte": lte}, [0.5]).tolist() == [[4, 2, 1, 4]]
+
+
+@needs_entropy
+def test_past_future_rule_is_lt_s():
+    pol = PastFutureEntropyPolicy(2, L)
+    rec = {"logits": HAND_LOGITS}
+    tie = entropy(torch.zeros(1, 2)).item()
+    got = pol.replay(rec, [0.0, 0.4, tie, math.inf])
+    assert got.tolist() == [[4, 4, 4],   # S = 0 never exits (H ≥ 0, strict), even at H = 0
+                            [4, 2, 2],
+                            [4, 2, 1],   # H == S (uniform) does not exit
+                            [1, 1, 1]]
+    assert pol.grid()[-1] == pytest.approx(math.log(2))
+
+
+def test_classification_only_errors():
+    for pol in (FastBertPolicy, PastFutureEntropyPolicy):
+        with pytest.raises(ValueError, match="regression"):
+            pol(1, L)
+    for recipe in ("self-distill", "past-future"):
+        with pytest.raises(ValueError, match="regression"):
+            build(recipe, num_labels=1)
+        assert not get_recipe(recipe).supports_regression
+    for method in ("fastbert", "past-future"):
+        ok, why = get_method(method).supports(1)
+        assert not ok and why
+    assert get_method("berxit").supports(1) == (True, "")
+    assert get_method("past-future").recipe == "past-future"
+
+
+# ---- (b, c) replay = live, batch-N = batch-1 -------------------------------------------------------
+def _spread(model) -> None:
+    """Random heads give near-uniform outputs; scale the last linear maps so exits differ."""
+    heads = model.heads
+    with torch.no_grad():
+        if hasattr(heads, "lte"):
+            heads.lte.weight.mul_(30)
+        for lin in getattr(heads, "slots", []):
+            lin.weight.mul_(10)
+        for head in getattr(heads, "layers", []):
+            head.classifier.weight.mul_(30)
+
+
+def _score(method: str, record) -> torch.Tensor:
+    if method == "fastbert":
+        return normalized_entropy(record["logits"][:-1])
+    if method == "berxit":
+        return record["lte"][:-1]
+    return entropy(record["logits"][:-1])
+
+
+def _knobs(scores: torch.Tensor, k: int = 3, margin: float = 1e-4) -> list[float]:
+    """Knobs at midpoints of well-separated consecutive scores, spread over the range."""
+    v = torch.unique(scores.double().flatten())
+    gaps = (v[1:] - v[:-1]) > margin
+    mids = ((v[1:] + v[:-1]) / 2)[gaps]
+    assert len(mids) >= k, "scores do not spread enough to pick knobs"
+    return [mids[int(q * (len(mids) - 1))].item() for q in torch.linspace(0.1, 0.9, k).tolist()]
+
+
+CASES = [("fastbert", "self-distill"), ("berxit", "alternate-lte"), ("past-future", "past-future")]
+
+
+@pytest.mark.parametrize("method,recipe", CASES)
+def test_replay_equals_live_and_batch_one(method, recipe, dataset, request):
+    if method in ENTROPY_METHODS and ENTROPY_BROKEN:
+        request.applymarker(needs_entropy)
+    model = build(recipe)
+    _spread(model)
+    model.eval()
+    record = record_signals(model, make_loader(dataset, 16, shuffle=False), progress=False)
+    assert not [k for k in record if k.startswith("_")]
+    assert record["logits"].shape == (L, len(dataset), 2)
+    if method == "berxit":
+        assert record["lte"].shape == (L, len(dataset))
+    policy = get_method(method).make_policy(2, L)
+    knobs = _knobs(_score(method, record))
+    replayed = policy.replay(record, knobs)
+    assert len(torch.unique(replayed)) > 1, "knobs should give a mix of exit layers"
+    for k, want in zip(knobs, replayed, strict=True):
+        live = run_live(model, policy, k, make_loader(dataset, 16, shuffle=False))
+        assert torch.equal(live.exit_layers, want)
+        preds = record["logits"].argmax(-1).gather(0, want[None] - 1)[0]
+        assert torch.equal(live.predictions.long(), preds)
+        single = run_live(model, policy, k, make_loader(dataset, 1, shuffle=False))
+        assert torch.equal(single.exit_layers, live.exit_layers)
+
+
+# ---- (d) what each training stage updates --------------------------------------------------------
+def _batch(dataset, n: int = 16) -> dict:
+    return next(iter(make_loader(dataset, n, shuffle=False)))
+
+
+def _run_step(model, stage, batch, step_in_epoch: int = 0) -> dict[str, torch.Tensor]:
+    """One AdamW step of `stage`, as train() does it; returns the parameters before the step."""
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = list(dict.fromkeys(stage.trainable(model)))
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=1e-3 * stage.lr_scale)
+    model.train()
+    signals = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+    loss = stage.loss(model, signals, batch["labels"], step_in_epoch)
+    assert torch.isfinite(loss)
+    loss.backward()
+    opt.step()
+    return before
+
+
+def _changed(model, before, prefix: str) -> list[bool]:
+    return [not torch.equal(p, before[n]) for n, p in model.named_parameters() if n.startswith(prefix)]
+
+
+def test_fastbert_stages(dataset):
+    model = build("self-distill")
+    teacher = f"heads.layers.{L - 1}."
+    stage1, stage2 = get_recipe("self-distill").stages()
+    assert stage2.lr_scale == 10.0
+    batch = _batch(dataset)
+    before = _run_step(model, stage1, batch)
+    assert all(_changed(model, before, teacher))
+    assert all(_changed(model, before, "encoder.encoder.encoder.layer."))
+    assert not any(_changed(model, before, "heads.layers.0.") + _changed(model, before, "heads.layers.2."))
+    before = _run_step(model, stage2, batch)
+    assert not any(_changed(model, before, "encoder.") + _changed(model, before, teacher))
+    for i in range(L - 1):
+        assert all(_changed(model, before, f"heads.layers.{i}."))
+    # no labels in the distillation loss
+    model.eval()
+    sig = model(batch["input_ids"], batch["attention_mask"])
+    assert stage2.loss(model, sig, batch["labels"], 0) == stage2.loss(model, sig, 1 - batch["labels"], 0)
+
+
+def test_berxit_alternates_by_step_parity(dataset):
+    model = build("alternate-lte")
+    (stage,) = get_recipe("alternate-lte").stages()
+    batch = _batch(dataset)
+    before = _run_step(model, stage, batch, step_in_epoch=0)  # even: final + LTE
+    assert all(_changed(model, before, f"heads.classifiers.{L - 1}."))
+    assert not any(_changed(model, before, "heads.classifiers.0."))
+    assert all(_changed(model, before, "heads.lte."))
+    assert all(_changed(model, before, "encoder.encoder.encoder.layer.0."))
+    before = _run_step(model, stage, batch, step_in_epoch=3)  # odd: off-ramps 1..L-1 + LTE
+    assert not any(_changed(model, before, f"heads.classifiers.{L - 1}."))
+    for i in range(L - 1):
+        assert all(_changed(model, before, f"heads.classifiers.{i}."))
+    assert all(_changed(model, before, "heads.lte."))
+
+
+def test_berxit_targets_and_regression(dataset):
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    assert lte_targets(logits, torch.tensor([0, 0])).tolist() == [0.0, 1.0]
+    z, y = torch.tensor([[0.5], [3.0]]), torch.tensor([0.5, 1.0])
+    assert torch.allclose(lte_targets(z, y), torch.tanh(torch.tensor([0.0, 2.0])))
+    model = build("alternate-lte", num_labels=1)
+    (stage,) = get_recipe("alternate-lte").stages()
+    batch = _batch(dataset)
+    batch["labels"] = batch["labels"].float() * 5
+    before = _run_step(model, stage, batch, 1)
+    assert all(_changed(model, before, "heads.lte."))
+
+
+def test_past_future_training(dataset):
+    model = build("past-future")
+    (stage,) = get_recipe("past-future").stages()
+    batch = _batch(dataset)
+    model.train()
+    sig = model(batch["input_ids"], batch["attention_mask"])
+    assert [s["_future"].shape[1] for s in sig] == [L - 1, L - 2, L - 3, 0]
+    # the future loss trains predictions toward detached targets: h_L is only a target
+    model.zero_grad()
+    future_loss(sig).backward()
+    heads = model.heads
+    assert all(p.grad is None or not p.grad.any() for p in heads.poolers[L - 1].parameters())
+    assert heads.poolers[0].dense.weight.grad.abs().sum() > 0
+    assert heads.future[0].weight.grad.abs().sum() > 0
+    model.zero_grad()
+    before = _run_step(model, stage, batch)
+    for prefix in ("heads.poolers.", "heads.future.", "heads.slots.", "heads.gate",
+                   "encoder.encoder.encoder.layer."):
+        assert all(_changed(model, before, prefix)), prefix
+    assert not any(_changed(model, before, "encoder.encoder.pooler."))  # replaced by per-layer copies
+
+
+def test_past_future_gate_formula():
+    model = build("past-future").eval()
+    heads, c = model.heads, 2
+    torch.manual_seed(1)
+    hidden = [torch.randn(3, 5, 32) for _ in range(L)]
+    mask = torch.ones(3, 5, dtype=torch.long)
+    state = heads.init_state(3, torch.device("cpu"))
+    pooled = []
+    with torch.no_grad():
+        for layer in range(1, L + 1):
+            out = heads.forward_layer(layer, hidden[layer - 1], mask, state)["logits"]
+            pooled.append(heads.poolers[layer - 1](hidden[layer - 1]))
+            past = [heads.slots[j](pooled[j]) for j in range(layer)]
+            fut = [heads.slots[j](torch.tanh(heads.future[j - 1](pooled[-1]))) for j in range(layer, L)]
+            lam = torch.sigmoid(heads.gate * torch.tanh(torch.stack([o[:, c:] for o in past]).mean(0)))
+            want = 2 * lam * sum(o[:, :c] for o in past) + (2 - 2 * lam) * sum(o[:, :c] for o in fut)
+            assert torch.allclose(out, want, atol=1e-5)
+            assert torch.allclose(state["past"][:, layer - 1], pooled[-1])
+
+
+def test_save_load_roundtrip(tmp_path, dataset):
+    from de3bert.model import MultiExitModel
+
+    batch = _batch(dataset, 8)
+    for _, recipe in CASES:
+        model = build(recipe).eval()
+        model.save(tmp_path / recipe)
+        again = MultiExitModel.load(tmp_path / recipe)
+        with torch.no_grad():
+            a = model(batch["input_ids"], batch["attention_mask"])
+            b = again(batch["input_ids"], batch["attention_mask"])
+        for x, y in zip(a, b, strict=True):
+            assert torch.allclose(x["logits"], y["logits"], atol=1e-6)
+
+
+# ---- (e) FLOPs -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("recipe", [r for _, r in CASES])
+def test_head_flops_visible(recipe):
+    model = build(recipe, attn="eager").eval()
+    t, hdim = 10, 32
+    hidden, mask = torch.randn(1, t, hdim), torch.ones(1, t, dtype=torch.long)
+    state = model.heads.init_state(1, torch.device("cpu"))
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model.heads.forward_layer(1, hidden, mask, state)
+    flops = counter.get_total_flops()
+    assert flops > 0
+    if recipe == "self-distill":  # Linear H→w, q/k/v/out w→w, two T×T attention products, w→w, w→C
+        w = 128
+        assert flops == 2 * t * hdim * w + 4 * 2 * t * w * w + 2 * 2 * t * t * w + 2 * w * w + 2 * w * 2
+    if recipe == "past-future":  # pooler, L−1 future predictors, L slots
+        assert flops == 2 * hdim * hdim * (1 + (L - 1)) + 2 * hdim * 4 * L
