@@ -143,7 +143,7 @@ def cmd_report(args) -> int:
 def cmd_check(args) -> int:
     from benchmarks.regression import check_regression
 
-    return check_regression(args.golden, args.results, update=args.update)
+    return check_regression(args.golden, args.results, update=args.update, verbose=args.verbose)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--golden", required=True)
     p.add_argument("--results", required=True, help="results.jsonl of the run to check")
     p.add_argument("--update", action="store_true", help="refresh the golden file from these results")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every check, not only failures")
     p.set_defaults(fn=cmd_check)
     return ap
 

@@ -100,7 +100,7 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     x = logits.float()
     logp = F.log_softmax(x, dim=-1)
     p = logp.exp()
-    return -(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1).clamp_min(0.0)
+    return (-(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1)).clamp_min(0.0)
 
 
 def normalized_entropy(logits: torch.Tensor) -> torch.Tensor:

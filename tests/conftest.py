@@ -64,7 +64,7 @@ TINY_BERT = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_atte
                  intermediate_size=64)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_encoder():
     """Factory: a fresh LayerwiseEncoder over a random 4-layer BERT (hidden 32), seeded."""
     from transformers import BertConfig, BertModel
@@ -87,7 +87,7 @@ def synthetic_dataset(tokenizer):
     return EncodedDataset(examples, tokenizer, max_seq_length=64, regression=False)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def synthetic_loader(synthetic_dataset, tokenizer):
     """Factory: a loader over the first 64 synthetic dev examples, in order."""
     from de3bert.data import make_loader

@@ -17,14 +17,16 @@ from transformers import BertConfig, BertModel  # noqa: E402
 from baselines.berxit import LtePolicy, lte_targets  # noqa: E402
 from baselines.fastbert import FastBertPolicy  # noqa: E402
 from baselines.past_future import PastFutureEntropyPolicy, future_loss  # noqa: E402
-from de3bert.backbone import LayerwiseEncoder, load_tokenizer  # noqa: E402
-from de3bert.data import EncodedDataset, get_task, load_examples, make_loader  # noqa: E402
+from de3bert.backbone import LayerwiseEncoder  # noqa: E402
+from de3bert.data import make_loader  # noqa: E402
 from de3bert.engine import record_signals, run_live  # noqa: E402
 from de3bert.policy import entropy, normalized_entropy  # noqa: E402
 from de3bert.recipes import get_recipe  # noqa: E402
 from de3bert.registry import get_method  # noqa: E402
 
 L = 4
+# A random BERT's [CLS] state barely depends on the input; mean pooling gives heads spread to test
+POOL = "mean"
 # de3bert.policy.entropy must give log 2 for two equal logits; if not, entropy-based rules are moot
 ENTROPY_BROKEN = abs(entropy(torch.zeros(1, 2)).item() - math.log(2)) > 1e-5
 needs_entropy = pytest.mark.xfail(ENTROPY_BROKEN, strict=True,
@@ -39,15 +41,15 @@ def tiny_encoder(seed: int = 0, attn: str = "sdpa") -> LayerwiseEncoder:
     return LayerwiseEncoder(BertModel(cfg))
 
 
-def build(recipe: str, num_labels: int = 2, seed: int = 0, attn: str = "sdpa"):
-    meta = {"backbone": "tiny", "num_labels": num_labels, "pooling": "cls", "attn_implementation": attn}
+def build(recipe: str, num_labels: int = 2, seed: int = 0, attn: str = "sdpa", pooling: str = POOL):
+    meta = {"backbone": "tiny", "num_labels": num_labels, "pooling": pooling, "attn_implementation": attn}
     return get_recipe(recipe).build(tiny_encoder(seed, attn), meta)
 
 
-@pytest.fixture(scope="module")
-def dataset():
-    tok = load_tokenizer("embedded")
-    return EncodedDataset(load_examples(get_task("synthetic"), "dev")[:40], tok, 64, False)
+@pytest.fixture
+def dataset(synthetic_dataset):
+    """The first 64 synthetic dev examples (conftest)."""
+    return synthetic_dataset
 
 
 # ---- (a) exit rules on hand-made signals --------------------------------------------------------
@@ -66,7 +68,7 @@ HAND_LOGITS = _logits([
 @needs_entropy
 def test_fastbert_rule_is_le_speed():
     pol = FastBertPolicy(2, L)
-    rec = {"logits": HAND_LOGITS}
+    rec = {"logits": HAND_LOGITS, "labels": torch.zeros(3, dtype=torch.long)}
     tie = normalized_entropy(torch.tensor([[3.0, 0.0]])).item()
     got = pol.replay(rec, [0.0, 0.5, tie, 1.0])
     assert got.tolist() == [[4, 2, 4],   # speed 0: only a zero-entropy layer exits (≤)
@@ -80,18 +82,19 @@ def test_fastbert_rule_is_le_speed():
 def test_berxit_rule_is_lt_theta():
     lte = torch.tensor([[0.5, 0.5, 0.5, 0.0], [0.9, 0.3, 0.1, 0.0], [0.0, 1.0, 1.0, 1.0],
                         [1.0, 1.0, 1.0, 1.0]]).T.contiguous()
-    rec = {"logits": torch.zeros(L, 4, 2), "lte": lte}
+    rec = {"logits": torch.zeros(L, 4, 2), "lte": lte, "labels": torch.zeros(4, dtype=torch.long)}
     got = LtePolicy(2, L).replay(rec, [0.0, 0.5, 1.0])
     assert got.tolist() == [[4, 4, 4, 4],   # θ = 0 never exits (u ≥ 0, strict)
                             [4, 2, 1, 4],   # u == θ does not exit
                             [1, 1, 1, 4]]   # θ = 1 exits unless u saturates at 1
-    assert LtePolicy(1, L).replay({"logits": torch.zeros(L, 4, 1), "lte": lte}, [0.5]).tolist() == [[4, 2, 1, 4]]
+    reg = {"logits": torch.zeros(L, 4, 1), "lte": lte, "labels": torch.zeros(4)}
+    assert LtePolicy(1, L).replay(reg, [0.5]).tolist() == [[4, 2, 1, 4]]
 
 
 @needs_entropy
 def test_past_future_rule_is_lt_s():
     pol = PastFutureEntropyPolicy(2, L)
-    rec = {"logits": HAND_LOGITS}
+    rec = {"logits": HAND_LOGITS, "labels": torch.zeros(3, dtype=torch.long)}
     tie = entropy(torch.zeros(1, 2)).item()
     got = pol.replay(rec, [0.0, 0.4, tie, math.inf])
     assert got.tolist() == [[4, 4, 4],   # S = 0 never exits (H ≥ 0, strict), even at H = 0
@@ -117,16 +120,20 @@ def test_classification_only_errors():
 
 
 # ---- (b, c) replay = live, batch-N = batch-1 -------------------------------------------------------
-def _spread(model) -> None:
-    """Random heads give near-uniform outputs; scale the last linear maps so exits differ."""
+@torch.no_grad()
+def _spread(model, loader) -> None:
+    """Random heads give near-uniform outputs; rescale their last linear maps so exits differ."""
     heads = model.heads
-    with torch.no_grad():
-        if hasattr(heads, "lte"):
-            heads.lte.weight.mul_(30)
-        for lin in getattr(heads, "slots", []):
-            lin.weight.mul_(10)
-        for head in getattr(heads, "layers", []):
-            head.classifier.weight.mul_(30)
+    if hasattr(heads, "lte"):
+        heads.lte.weight.mul_(30)
+    for lin in getattr(heads, "slots", []):
+        lin.weight.mul_(10)
+    if hasattr(heads, "layers"):  # FastBERT: centre and scale each layer's logits (an exact affine map)
+        z = record_signals(model, loader, progress=False)["logits"]  # [L, N, C]
+        for head, zi in zip(heads.layers, z, strict=True):
+            scale = 2.0 / zi.std(0).mean()
+            head.classifier.bias.sub_(zi.mean(0)).mul_(scale)
+            head.classifier.weight.mul_(scale)
 
 
 def _score(method: str, record) -> torch.Tensor:
@@ -153,9 +160,8 @@ CASES = [("fastbert", "self-distill"), ("berxit", "alternate-lte"), ("past-futur
 def test_replay_equals_live_and_batch_one(method, recipe, dataset, request):
     if method in ENTROPY_METHODS and ENTROPY_BROKEN:
         request.applymarker(needs_entropy)
-    model = build(recipe)
-    _spread(model)
-    model.eval()
+    model = build(recipe).eval()
+    _spread(model, make_loader(dataset, 16, shuffle=False))
     record = record_signals(model, make_loader(dataset, 16, shuffle=False), progress=False)
     assert not [k for k in record if k.startswith("_")]
     assert record["logits"].shape == (L, len(dataset), 2)
@@ -182,6 +188,7 @@ def _batch(dataset, n: int = 16) -> dict:
 def _run_step(model, stage, batch, step_in_epoch: int = 0) -> dict[str, torch.Tensor]:
     """One AdamW step of `stage`, as train() does it; returns the parameters before the step."""
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
     for p in model.parameters():
         p.requires_grad_(False)
     params = list(dict.fromkeys(stage.trainable(model)))
@@ -262,7 +269,7 @@ def test_past_future_training(dataset):
     future_loss(sig).backward()
     heads = model.heads
     assert all(p.grad is None or not p.grad.any() for p in heads.poolers[L - 1].parameters())
-    assert heads.poolers[0].dense.weight.grad.abs().sum() > 0
+    assert heads.poolers[0][0].weight.grad.abs().sum() > 0
     assert heads.future[0].weight.grad.abs().sum() > 0
     model.zero_grad()
     before = _run_step(model, stage, batch)
@@ -272,8 +279,9 @@ def test_past_future_training(dataset):
     assert not any(_changed(model, before, "encoder.encoder.pooler."))  # replaced by per-layer copies
 
 
-def test_past_future_gate_formula():
-    model = build("past-future").eval()
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_past_future_gate_formula(pooling):
+    model = build("past-future", pooling=pooling).eval()
     heads, c = model.heads, 2
     torch.manual_seed(1)
     hidden = [torch.randn(3, 5, 32) for _ in range(L)]
@@ -283,7 +291,8 @@ def test_past_future_gate_formula():
     with torch.no_grad():
         for layer in range(1, L + 1):
             out = heads.forward_layer(layer, hidden[layer - 1], mask, state)["logits"]
-            pooled.append(heads.poolers[layer - 1](hidden[layer - 1]))
+            h = hidden[layer - 1]
+            pooled.append(heads.poolers[layer - 1](h if pooling == "cls" else h.mean(1)))
             past = [heads.slots[j](pooled[j]) for j in range(layer)]
             fut = [heads.slots[j](torch.tanh(heads.future[j - 1](pooled[-1]))) for j in range(layer, L)]
             lam = torch.sigmoid(heads.gate * torch.tanh(torch.stack([o[:, c:] for o in past]).mean(0)))

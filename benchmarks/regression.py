@@ -1,0 +1,95 @@
+"""`de3bert check-regression`: compare a run's results with a committed golden file.
+
+For the deterministic smoke profile, layer speed-ups and exit histograms must match exactly and
+metrics within a stated tolerance; optional floors guard benchmark ratios (pytest-benchmark
+JSON or results rows). Prints one line per check with expected, observed and verdict; returns 1 on
+any regression. `--update` rewrites the golden file from the given results (on purpose only).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+METRIC_TOLERANCE = 0.5  # points of the headline metric (percent)
+
+
+def _key(row: dict) -> str:
+    v = row["knob"]["value"]
+    value = "none" if v is None else f"{float(v):.6g}"
+    return f"{row['task']}/{row['method']}/{row['knob']['name']}={value}/seed{row['seed']}"
+
+
+def _rows(results: str | Path) -> dict[str, dict]:
+    path = Path(results)
+    if not path.is_file():
+        raise FileNotFoundError(f"no results file at {path}")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {_key(r): r for r in rows}
+
+
+def make_golden(results: str | Path, tolerance: float = METRIC_TOLERANCE, floors: dict | None = None) -> dict:
+    rows = _rows(results)
+    return {"tolerance": {"metric_points": tolerance},
+            "floors": floors or {},
+            "rows": {k: {"speedup_layers": round(r["speedup_layers"], 6), "exit_histogram": r["exit_histogram"],
+                         "metric": r["metric"]} for k, r in sorted(rows.items())}}
+
+
+def compare(golden: dict, rows: dict[str, dict]) -> list[tuple[str, str, str, bool]]:
+    """(check, expected, observed, ok) for every golden row and floor."""
+    checks = []
+    tol = golden.get("tolerance", {}).get("metric_points", METRIC_TOLERANCE)
+    for key, g in golden["rows"].items():
+        r = rows.get(key)
+        if r is None:
+            checks.append((key, "present", "missing", False))
+            continue
+        sp = round(r["speedup_layers"], 6)
+        checks.append((f"{key} speedup_layers", f"{g['speedup_layers']}", f"{sp}",
+                       sp == g["speedup_layers"]))
+        checks.append((f"{key} exit_histogram", str(g["exit_histogram"]), str(r["exit_histogram"]),
+                       r["exit_histogram"] == g["exit_histogram"]))
+        for name, v in g["metric"].items():
+            obs = r["metric"].get(name)
+            checks.append((f"{key} {name}", f"{v:.2f} ± {tol}", "missing" if obs is None else f"{obs:.2f}",
+                           obs is not None and abs(obs - v) <= tol))
+    for name, floor in golden.get("floors", {}).items():
+        observed = _observed_ratio(rows, name)
+        checks.append((f"floor {name}", f"≥ {floor}", "n/a" if observed is None else f"{observed:.3f}",
+                       observed is not None and observed >= floor))
+    return checks
+
+
+def _observed_ratio(rows: dict[str, dict], name: str) -> float | None:
+    """Floors on results rows: `wallclock_fidelity/<method>` = speedup_wallclock / speedup_layers at 2×."""
+    kind, _, method = name.partition("/")
+    for r in rows.values():
+        if r["method"] == method and isinstance(r.get("operating_point"), list) and 2.0 in r["operating_point"]:
+            if kind == "wallclock_fidelity" and r.get("speedup_wallclock"):
+                return r["speedup_wallclock"] / r["speedup_layers"]
+    return None
+
+
+def check_regression(golden: str | Path, results: str | Path, update: bool = False, verbose: bool = False) -> int:
+    golden = Path(golden)
+    if update:
+        old = json.loads(golden.read_text()) if golden.is_file() else {}
+        g = make_golden(results, old.get("tolerance", {}).get("metric_points", METRIC_TOLERANCE),
+                        old.get("floors"))
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(json.dumps(g, indent=1, sort_keys=True) + "\n")
+        print(f"golden file {golden} refreshed from {results} ({len(g['rows'])} rows)")
+        return 0
+    if not golden.is_file():
+        raise FileNotFoundError(f"no golden file at {golden}; create one with --update")
+    checks = compare(json.loads(golden.read_text()), _rows(results))
+    failed = [c for c in checks if not c[3]]
+    width = max(len(c[0]) for c in checks)
+    shown = checks if verbose else failed
+    print(f"{'check':<{width}}  {'expected':>22}  {'observed':>22}  verdict")
+    for name, exp, obs, ok in shown:
+        print(f"{name:<{width}}  {exp:>22}  {obs:>22}  {'ok' if ok else 'REGRESSION'}")
+    print(f"{len(checks) - len(failed)}/{len(checks)} checks passed"
+          + ("" if failed else " — no regression") + ("" if verbose else " (failures listed above)"))
+    return 1 if failed else 0
