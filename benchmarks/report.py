@@ -168,4 +168,7 @@ def write_reports(out: str | Path, plots_dir: str | Path | None = None) -> list[
                                   plots / "tradeoff_de3_ablations", include_ablations=True)
     if targets:
         written += exit_histogram_plot(df, plots / "exit_histogram", max(targets))
+    from .analysis import write_analysis
+
+    written += write_analysis(out)
     return written

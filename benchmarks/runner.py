@@ -164,7 +164,8 @@ class Runner:
         t0 = time.perf_counter()
         rec = record_signals(model, loader, progress=self.progress)
         save_record(rec, path, {"task": task, "recipe": recipe, "seed": seed,
-                                "seconds": time.perf_counter() - t0})
+                                "seconds": time.perf_counter() - t0,
+                                "mean_length": float(np.mean(ds.lengths()))})
         return rec
 
     def flops(self, task: str, recipe: str, seed: int) -> DepthFlops:
