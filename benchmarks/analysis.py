@@ -61,6 +61,26 @@ def indicator_table(out: str | Path) -> pd.DataFrame:
     return df.pivot_table(index=["task", "indicator"], columns="layer", values="auroc").round(3)
 
 
+def per_layer_table(out: str | Path) -> pd.DataFrame:
+    """Headline dev metric of every layer's own classifier, per (task, recipe)."""
+    from de3bert.data import get_task
+    from de3bert.metrics import glue_metrics
+
+    rows = []
+    for path in sorted(Path(out, "records").glob("*/*.safetensors")):
+        task, recipe = get_task(path.parent.name), path.stem.rsplit("-s", 1)[0]
+        rec = load_record(path)
+        for layer in range(rec["logits"].shape[0]):
+            if recipe == "single" and layer < rec["logits"].shape[0] - 1:
+                continue  # the plain fine-tune has only its last classifier trained
+            m = glue_metrics(task.metrics, predictions(rec["logits"][layer]), rec["labels"])
+            rows.append({"task": task.name, "recipe": recipe, "layer": layer + 1,
+                         "score": m[task.headline_metric]})
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).pivot_table(index=["task", "recipe"], columns="layer", values="score").round(1)
+
+
 def overhead(out: str | Path) -> pd.DataFrame:
     """Extra FLOPs (per sample, at the mean dev length) and parameters of DE³'s prototype branch."""
     rows = []
@@ -99,7 +119,12 @@ def write_analysis(out: str | Path) -> list[Path]:
     out = Path(out)
     dest = out / "tables"
     dest.mkdir(parents=True, exist_ok=True)
-    parts = ["# Exit indicators and DE³ overhead", ""]
+    parts = ["# Per-layer metrics, exit indicators and DE³ overhead", ""]
+    per_layer = per_layer_table(out)
+    if len(per_layer):
+        parts += ["## Headline dev metric of each layer's classifier (per recipe)", "",
+                  "`single` = the plain fine-tune (one classifier, same budget): only its last layer.", "",
+                  per_layer.to_markdown(), ""]
     ind = indicator_table(out)
     if len(ind):
         parts += ["## AUROC of each indicator for 'this layer's prediction is correct' (per layer)", "",

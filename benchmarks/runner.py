@@ -96,7 +96,7 @@ class Runner:
         self.meta = {"versions": versions(), "git_commit": git_commit(), "device": profile.device,
                      "threads": profile.threads, "dtype": "float32", "host": platform.node(),
                      "cpu": platform.processor() or platform.machine()}
-        self._full_cache: dict = {}
+        self.stats: dict[str, dict] = {}  # per task: replay cost against one recording pass
 
     # ---- the plan ------------------------------------------------------------------------------
     def plan(self) -> list[dict]:
@@ -142,7 +142,14 @@ class Runner:
                            progress=self.progress, **base)
 
     def model(self, task: str, recipe: str, seed: int) -> MultiExitModel:
-        return train(self.train_config(task, recipe, seed))
+        return train(self.train_config(task, recipe, seed)).to(self.device)
+
+    @property
+    def device(self) -> str:
+        if self.p.device.startswith("cuda") and not torch.cuda.is_available():
+            tqdm.write(f"[runner] profile asks for {self.p.device} but none is available; using the CPU")
+            return "cpu"
+        return self.p.device
 
     def dev_set(self, task_name: str, seed: int):
         task = get_task(task_name)
@@ -163,6 +170,8 @@ class Runner:
         loader = make_loader(ds, 64, shuffle=False, pad_token_id=tok.pad_token_id or 0)
         t0 = time.perf_counter()
         rec = record_signals(model, loader, progress=self.progress)
+        self._stat(task, "record_seconds", time.perf_counter() - t0)
+        self._stat(task, "records", 1)
         save_record(rec, path, {"task": task, "recipe": recipe, "seed": seed,
                                 "seconds": time.perf_counter() - t0,
                                 "mean_length": float(np.mean(ds.lengths()))})
@@ -187,6 +196,10 @@ class Runner:
         atomic_write_text(path, json.dumps(t))
         return t
 
+    def _stat(self, task: str, key: str, value: float) -> None:
+        st = self.stats.setdefault(task, {})
+        st[key] = st.get(key, 0) + value
+
     # ---- rows ----------------------------------------------------------------------------------
     def base_row(self, task, method, recipe, seed, model) -> dict:
         return {"task": task, "method": method, "recipe": recipe, "seed": seed,
@@ -209,7 +222,12 @@ class Runner:
                 self.run_task(task, seed, steps, bar)
         bar.close()
         elapsed = time.perf_counter() - t_start
-        atomic_write_text(self.out / "run.json", json.dumps({"seconds": elapsed, **self.meta}, indent=2))
+        for st in self.stats.values():
+            if st.get("records") and st.get("replay_groups"):
+                one_pass = st["record_seconds"] / st["records"]
+                st["replay_vs_one_pass"] = st["replay_seconds"] / one_pass
+        run = {"seconds": elapsed, "replay_stats": self.stats, **self.meta}
+        atomic_write_text(self.out / "run.json", json.dumps(run, indent=2))
 
     def run_task(self, task: str, seed: int, steps: list[dict], bar) -> None:
         spec = get_task(task)
@@ -266,6 +284,7 @@ class Runner:
         spec, method = get_task(task), get_method(name)
         policy = method.make_policy(spec.num_labels, model.num_layers)
         grid = policy.grid()
+        t0 = time.perf_counter()
         exits = policy.replay(rec, grid)  # [K, N]
         preds = replay_predictions(rec, exits)
         L, n = model.num_layers, exits.shape[1]
@@ -284,6 +303,9 @@ class Runner:
                 "mean_exit_layer": float(e.mean()), "exit_histogram": hist, "gflops_per_sample": gflops,
                 "operating_point": None, "n_samples": n,
                 "policy_options": method.options, "report_only": method.report_only})
+        self._stat(task, "replay_seconds", time.perf_counter() - t0)
+        self._stat(task, "replay_groups", 1)
+        self._stat(task, "knob_values", len(grid))
         self.mark_operating_points(rows, exits, name, policy, model, full_model, items)
         side = self.out / "exits" / task / f"{name}-s{seed}.json"
         side.parent.mkdir(parents=True, exist_ok=True)

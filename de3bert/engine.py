@@ -25,6 +25,12 @@ def _inputs(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | Non
     return batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
 
 
+def to_device(batch: dict, model: torch.nn.Module) -> dict:
+    """Move a batch to the model's device (a no-op on CPU)."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 @torch.inference_mode()
 def record_signals(model: MultiExitModel, loader, progress: bool = True) -> dict[str, torch.Tensor]:
     """One full-depth pass: every signal of every layer, `[L, N, ...]`, plus `labels` `[N]`.
@@ -35,9 +41,9 @@ def record_signals(model: MultiExitModel, loader, progress: bool = True) -> dict
     chunks: dict[str, list[torch.Tensor]] = {}
     index, labels = [], []
     for batch in tqdm(loader, desc="record", disable=not progress, leave=False):
-        signals = model(*_inputs(batch))
+        signals = model(*_inputs(to_device(batch, model)))
         for name in signals[0]:
-            chunks.setdefault(name, []).append(torch.stack([s[name].float() for s in signals]))
+            chunks.setdefault(name, []).append(torch.stack([s[name].float().cpu() for s in signals]))
         index.append(batch["index"])
         labels.append(batch["labels"])
     order = torch.argsort(torch.cat(index))
@@ -64,7 +70,12 @@ def run_live(model: MultiExitModel, policy: ExitPolicy, knob: float, loader,
 
 def live_batch(model: MultiExitModel, policy: ExitPolicy, knobs: torch.Tensor,
                batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exit layers and predictions `[B]` for one batch, computing only rows still running."""
+    """Exit layers and predictions `[B]` for one batch, computing only rows still running.
+
+    The model runs on its device; policies and bookkeeping run on the CPU on the few signals
+    they need (on a GPU that is one small copy per layer, which the exit decision needs anyway).
+    """
+    batch = to_device(batch, model)
     input_ids, attn, token_types = _inputs(batch)
     n, num_layers = input_ids.shape[0], model.num_layers
     hidden, mask = model.encoder.embed(input_ids, attn, token_types)
@@ -73,11 +84,12 @@ def live_batch(model: MultiExitModel, policy: ExitPolicy, knobs: torch.Tensor,
     alive = torch.arange(n)
     exit_layer = torch.full((n,), num_layers, dtype=torch.long)
     pred: torch.Tensor | None = None
-    labels = batch["labels"]
+    labels = batch["labels"].cpu()
     for i in range(num_layers):
         layer = i + 1
         hidden = model.encoder.layer(i, hidden, mask)
         signals = model.heads.forward_layer(layer, hidden, attn, head_state)
+        signals = {k: signals[k].cpu() for k in (*policy.needs, "logits") if k in signals}
         out = predictions(signals["logits"])
         if pred is None:
             pred = torch.zeros(n, dtype=out.dtype)
@@ -85,7 +97,7 @@ def live_batch(model: MultiExitModel, policy: ExitPolicy, knobs: torch.Tensor,
             pred[alive] = out
             break
         if "labels" in policy.needs:
-            signals = {**signals, "labels": labels[alive]}
+            signals["labels"] = labels[alive]
         leave = policy.step(layer, signals, pol_state, knobs)[0]
         if leave.any():
             gone = alive[leave]
@@ -95,11 +107,12 @@ def live_batch(model: MultiExitModel, policy: ExitPolicy, knobs: torch.Tensor,
             if keep.numel() == 0:
                 break
             alive = alive[keep]
+            pol_state = {k: v.index_select(1, keep) for k, v in pol_state.items()}
+            keep = keep.to(hidden.device)
             hidden, attn = hidden.index_select(0, keep), attn.index_select(0, keep)
             mask = model.encoder.select(mask, keep)
             token_types = None
             head_state = {k: v.index_select(0, keep) for k, v in head_state.items()}
-            pol_state = {k: v.index_select(1, keep) for k, v in pol_state.items()}
     return exit_layer, pred
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
@@ -116,7 +116,11 @@ def train(cfg: TrainConfig, accelerator: Accelerator | None = None) -> MultiExit
     final_dir = out / "final"
     if (final_dir / "multiexit.json").is_file():
         return MultiExitModel.load(final_dir)
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    # Recipes that skip some heads on some steps (BERxiT's alternation) need unused-parameter
+    # detection under DDP; it costs nothing on one process.
+    accelerator = accelerator or Accelerator(
+        cpu=not torch.cuda.is_available(),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     task = get_task(cfg.task)
     recipe = get_recipe(cfg.recipe)
     if task.is_regression and not recipe.supports_regression:

@@ -17,6 +17,10 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# tiny models gain nothing from intra-op threads, and on a shared 2-core machine spinning OpenMP
+# workers make runtimes erratic
+torch.set_num_threads(1)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _NETWORK_ATTEMPTS: list[str] = []
 
