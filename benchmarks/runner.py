@@ -15,6 +15,7 @@ import os
 import platform
 import subprocess
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -61,25 +62,49 @@ def git_commit() -> str | None:
 
 
 class Results:
-    """`results.jsonl`: read once, updated per group by an atomic rewrite (temp file + rename)."""
+    """`results.jsonl`: read once, updated per group by an atomic rewrite (temp file + rename).
+
+    Every row carries `group_size`, the number of rows of its (task, method, seed) group. On load,
+    unreadable lines and incomplete groups are dropped (after keeping a copy of the damaged file),
+    so a corrupted or truncated file is rebuilt by the re-run, never silently used.
+    """
 
     def __init__(self, path: Path):
         self.path = path
         self.rows: list[dict] = []
-        if path.is_file():
-            for n, line in enumerate(path.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    self.rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{n}: corrupt results row ({err}); move the file away "
-                                     "or delete that line to rebuild it") from err
+        if not path.is_file():
+            return
+        bad = 0
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                _ = row["task"], row["method"], row["seed"], row["group_size"]
+                self.rows.append(row)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                bad += 1
+        sizes = Counter(self._group(r) for r in self.rows)
+        keep = [r for r in self.rows if sizes[self._group(r)] == r["group_size"]]
+        dropped = len(self.rows) - len(keep)
+        if bad or dropped:
+            backup = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+            backup.write_bytes(path.read_bytes())
+            tqdm.write(f"[runner] {path}: {bad} unreadable line(s), {dropped} row(s) of incomplete groups; "
+                       f"copy kept at {backup}; those groups will be recomputed")
+            self.rows = keep
+            atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
+
+    @staticmethod
+    def _group(row: dict) -> tuple:
+        return row["task"], row["method"], row["seed"]
 
     def done(self, task: str, method: str, seed: int) -> bool:
-        return any(r["task"] == task and r["method"] == method and r["seed"] == seed for r in self.rows)
+        return any(self._group(r) == (task, method, seed) for r in self.rows)
 
     def add_group(self, rows: list[dict]) -> None:
+        for r in rows:
+            r["group_size"] = len(rows)
         self.rows.extend(rows)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))

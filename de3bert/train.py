@@ -156,8 +156,9 @@ def train(cfg: TrainConfig, accelerator: Accelerator | None = None) -> MultiExit
         optimizer = torch.optim.AdamW(params, lr=cfg.lr * stage.lr_scale, weight_decay=cfg.weight_decay)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
         if resume_state is not None and s_idx == progress["stage"]:
-            optimizer.load_state_dict(resume_state["optimizer"])
-            scheduler.load_state_dict(resume_state["scheduler"])
+            if progress["global_step"] > 0:  # mid-stage; at a stage boundary the saved optimizer
+                optimizer.load_state_dict(resume_state["optimizer"])  # is the previous stage's
+                scheduler.load_state_dict(resume_state["scheduler"])
             torch.set_rng_state(resume_state["rng"])
             resume_state = None
         wrapped, optimizer = accelerator.prepare(model, optimizer)
