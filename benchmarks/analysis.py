@@ -28,8 +28,12 @@ def _indicators(recipe: str, rec: dict[str, torch.Tensor], layer: int) -> dict[s
     if recipe == "de3":
         h = normalized_entropy(logits)
         dr = distance_ratio(rec["proto_dist"][layer], logits)
-        out = {"de3 entropy (λ=0)": h, "de3 DR": dr, "de3 EDR (λ=1)": edr(h, dr, 1.0),
-               "max-prob (de3 model)": -logits.softmax(-1).max(-1).values}
+        out = {
+            "de3 entropy (λ=0)": h,
+            "de3 DR": dr,
+            "de3 EDR (λ=1)": edr(h, dr, 1.0),
+            "max-prob (de3 model)": -logits.softmax(-1).max(-1).values,
+        }
     elif recipe == "two-stage":
         out = {"deebert entropy": entropy(logits)}
     elif recipe == "weighted":
@@ -53,8 +57,14 @@ def indicator_table(out: str | Path) -> pd.DataFrame:
         for layer in range(L - 1):
             correct = predictions(rec["logits"][layer]) == rec["labels"]
             for name, score in _indicators(recipe, rec, layer).items():
-                rows.append({"task": task, "indicator": name, "layer": layer + 1,
-                             "auroc": indicator_auroc(score, correct)})
+                rows.append(
+                    {
+                        "task": task,
+                        "indicator": name,
+                        "layer": layer + 1,
+                        "auroc": indicator_auroc(score, correct),
+                    }
+                )
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(rows)
@@ -74,8 +84,9 @@ def per_layer_table(out: str | Path) -> pd.DataFrame:
             if recipe == "single" and layer < rec["logits"].shape[0] - 1:
                 continue  # the plain fine-tune has only its last classifier trained
             m = glue_metrics(task.metrics, predictions(rec["logits"][layer]), rec["labels"])
-            rows.append({"task": task.name, "recipe": recipe, "layer": layer + 1,
-                         "score": m[task.headline_metric]})
+            rows.append(
+                {"task": task.name, "recipe": recipe, "layer": layer + 1, "score": m[task.headline_metric]}
+            )
     if not rows:
         return pd.DataFrame()
     return pd.DataFrame(rows).pivot_table(index=["task", "recipe"], columns="layer", values="score").round(1)
@@ -100,18 +111,31 @@ def overhead(out: str | Path) -> pd.DataFrame:
         from safetensors import safe_open
 
         with safe_open(str(flops_path.parent / "final" / "model.safetensors"), "pt") as f:
-            proj = sum(f.get_slice(k).get_shape()[0] * (f.get_slice(k).get_shape()[1]
-                       if len(f.get_slice(k).get_shape()) > 1 else 1)
-                       for k in f.keys() if ".projections." in k)
-            layer_params = sum(np.prod(f.get_slice(k).get_shape()) for k in f.keys()
-                               if ".layer.0." in k and k.startswith("encoder."))
+            proj = sum(
+                f.get_slice(k).get_shape()[0]
+                * (f.get_slice(k).get_shape()[1] if len(f.get_slice(k).get_shape()) > 1 else 1)
+                for k in f.keys()
+                if ".projections." in k
+            )
+            layer_params = sum(
+                np.prod(f.get_slice(k).get_shape())
+                for k in f.keys()
+                if ".layer.0." in k and k.startswith("encoder.")
+            )
         L = len(d["layers"])
-        rows.append({"task": task, "seq_len": round(n, 1), "layer_gflops": layer / 1e9,
-                     "proto_branch_mflops_per_layer": extra / 1e6,
-                     "flops_vs_layer_%": 100 * extra / layer,
-                     "proto_params_per_layer": int(proj // L), "layer_params": int(layer_params),
-                     "params_vs_layer_%": 100 * (proj / L) / max(1, layer_params),
-                     "proto_dim": meta.get("proto_dim") or "hidden"})
+        rows.append(
+            {
+                "task": task,
+                "seq_len": round(n, 1),
+                "layer_gflops": layer / 1e9,
+                "proto_branch_mflops_per_layer": extra / 1e6,
+                "flops_vs_layer_%": 100 * extra / layer,
+                "proto_params_per_layer": int(proj // L),
+                "layer_params": int(layer_params),
+                "params_vs_layer_%": 100 * (proj / L) / max(1, layer_params),
+                "proto_dim": meta.get("proto_dim") or "hidden",
+            }
+        )
     return pd.DataFrame(rows).round(4)
 
 
@@ -122,23 +146,45 @@ def write_analysis(out: str | Path) -> list[Path]:
     parts = ["# Per-layer metrics, exit indicators and DE³ overhead", ""]
     per_layer = per_layer_table(out)
     if len(per_layer):
-        parts += ["## Headline dev metric of each layer's classifier (per recipe)", "",
-                  "`single` = the plain fine-tune (one classifier, same budget): only its last layer.", "",
-                  per_layer.to_markdown(), ""]
+        parts += [
+            "## Headline dev metric of each layer's classifier (per recipe)",
+            "",
+            "`single` = the plain fine-tune (one classifier, same budget): only its last layer.",
+            "",
+            per_layer.to_markdown(),
+            "",
+        ]
     ind = indicator_table(out)
     if len(ind):
-        parts += ["## AUROC of each indicator for 'this layer's prediction is correct' (per layer)", "",
-                  "Higher is better; 0.5 = chance. Low indicator = predicted correct.", "",
-                  ind.to_markdown(), ""]
+        parts += [
+            "## AUROC of each indicator for 'this layer's prediction is correct' (per layer)",
+            "",
+            "Higher is better; 0.5 = chance. Low indicator = predicted correct.",
+            "",
+            ind.to_markdown(),
+            "",
+        ]
     res = out / "results.jsonl"
     if res.is_file():
         rows = [json.loads(x) for x in res.read_text().splitlines() if x.strip()]
         orc = [r for r in rows if r["method"] == "oracle"]
         if orc:
-            df = pd.DataFrame([{"task": r["task"], "oracle metric": r["metric"][r["headline_metric"]],
-                                "oracle layer speed-up": round(r["speedup_layers"], 3)} for r in orc])
-            parts += ["## Oracle head-room (first correct layer; uses labels)", "", df.to_markdown(index=False),
-                      ""]
+            df = pd.DataFrame(
+                [
+                    {
+                        "task": r["task"],
+                        "oracle metric": r["metric"][r["headline_metric"]],
+                        "oracle layer speed-up": round(r["speedup_layers"], 3),
+                    }
+                    for r in orc
+                ]
+            )
+            parts += [
+                "## Oracle head-room (first correct layer; uses labels)",
+                "",
+                df.to_markdown(index=False),
+                "",
+            ]
     ov = overhead(out)
     if len(ov):
         parts += ["## Prototype branch overhead per layer (DE³)", "", ov.to_markdown(index=False), ""]

@@ -30,10 +30,18 @@ def _rows(results: str | Path) -> dict[str, dict]:
 
 def make_golden(results: str | Path, tolerance: float = METRIC_TOLERANCE, floors: dict | None = None) -> dict:
     rows = _rows(results)
-    return {"tolerance": {"metric_points": tolerance},
-            "floors": floors or {},
-            "rows": {k: {"speedup_layers": round(r["speedup_layers"], 6), "exit_histogram": r["exit_histogram"],
-                         "metric": r["metric"]} for k, r in sorted(rows.items())}}
+    return {
+        "tolerance": {"metric_points": tolerance},
+        "floors": floors or {},
+        "rows": {
+            k: {
+                "speedup_layers": round(r["speedup_layers"], 6),
+                "exit_histogram": r["exit_histogram"],
+                "metric": r["metric"],
+            }
+            for k, r in sorted(rows.items())
+        },
+    }
 
 
 def compare(golden: dict, rows: dict[str, dict]) -> list[tuple[str, str, str, bool]]:
@@ -46,18 +54,35 @@ def compare(golden: dict, rows: dict[str, dict]) -> list[tuple[str, str, str, bo
             checks.append((key, "present", "missing", False))
             continue
         sp = round(r["speedup_layers"], 6)
-        checks.append((f"{key} speedup_layers", f"{g['speedup_layers']}", f"{sp}",
-                       sp == g["speedup_layers"]))
-        checks.append((f"{key} exit_histogram", str(g["exit_histogram"]), str(r["exit_histogram"]),
-                       r["exit_histogram"] == g["exit_histogram"]))
+        checks.append((f"{key} speedup_layers", f"{g['speedup_layers']}", f"{sp}", sp == g["speedup_layers"]))
+        checks.append(
+            (
+                f"{key} exit_histogram",
+                str(g["exit_histogram"]),
+                str(r["exit_histogram"]),
+                r["exit_histogram"] == g["exit_histogram"],
+            )
+        )
         for name, v in g["metric"].items():
             obs = r["metric"].get(name)
-            checks.append((f"{key} {name}", f"{v:.2f} ± {tol}", "missing" if obs is None else f"{obs:.2f}",
-                           obs is not None and abs(obs - v) <= tol))
+            checks.append(
+                (
+                    f"{key} {name}",
+                    f"{v:.2f} ± {tol}",
+                    "missing" if obs is None else f"{obs:.2f}",
+                    obs is not None and abs(obs - v) <= tol,
+                )
+            )
     for name, floor in golden.get("floors", {}).items():
         observed = _observed_ratio(rows, name)
-        checks.append((f"floor {name}", f"≥ {floor}", "n/a" if observed is None else f"{observed:.3f}",
-                       observed is not None and observed >= floor))
+        checks.append(
+            (
+                f"floor {name}",
+                f"≥ {floor}",
+                "n/a" if observed is None else f"{observed:.3f}",
+                observed is not None and observed >= floor,
+            )
+        )
     return checks
 
 
@@ -65,18 +90,25 @@ def _observed_ratio(rows: dict[str, dict], name: str) -> float | None:
     """Floors on results rows: `wallclock_fidelity/<method>` = speedup_wallclock / speedup_layers at 2×."""
     kind, _, method = name.partition("/")
     for r in rows.values():
-        if r["method"] == method and isinstance(r.get("operating_point"), list) and 2.0 in r["operating_point"]:
+        if (
+            r["method"] == method
+            and isinstance(r.get("operating_point"), list)
+            and 2.0 in r["operating_point"]
+        ):
             if kind == "wallclock_fidelity" and r.get("speedup_wallclock"):
                 return r["speedup_wallclock"] / r["speedup_layers"]
     return None
 
 
-def check_regression(golden: str | Path, results: str | Path, update: bool = False, verbose: bool = False) -> int:
+def check_regression(
+    golden: str | Path, results: str | Path, update: bool = False, verbose: bool = False
+) -> int:
     golden = Path(golden)
     if update:
         old = json.loads(golden.read_text()) if golden.is_file() else {}
-        g = make_golden(results, old.get("tolerance", {}).get("metric_points", METRIC_TOLERANCE),
-                        old.get("floors"))
+        g = make_golden(
+            results, old.get("tolerance", {}).get("metric_points", METRIC_TOLERANCE), old.get("floors")
+        )
         golden.parent.mkdir(parents=True, exist_ok=True)
         golden.write_text(json.dumps(g, indent=1, sort_keys=True) + "\n")
         print(f"golden file {golden} refreshed from {results} ({len(g['rows'])} rows)")
@@ -90,6 +122,9 @@ def check_regression(golden: str | Path, results: str | Path, update: bool = Fal
     print(f"{'check':<{width}}  {'expected':>22}  {'observed':>22}  verdict")
     for name, exp, obs, ok in shown:
         print(f"{name:<{width}}  {exp:>22}  {obs:>22}  {'ok' if ok else 'REGRESSION'}")
-    print(f"{len(checks) - len(failed)}/{len(checks)} checks passed"
-          + ("" if failed else " — no regression") + ("" if verbose else " (failures listed above)"))
+    print(
+        f"{len(checks) - len(failed)}/{len(checks)} checks passed"
+        + ("" if failed else " — no regression")
+        + ("" if verbose else " (failures listed above)")
+    )
     return 1 if failed else 0

@@ -29,6 +29,7 @@ from de3bert.engine import record_signals, replay_predictions
 from de3bert.flops import DepthFlops, depth_flops, flops_speedup
 from de3bert.metrics import glue_metrics
 from de3bert.model import MultiExitModel
+from de3bert.policy import refine_grid
 from de3bert.record import CorruptRecord, atomic_write_text, load_record, save_record
 from de3bert.registry import get_method
 from de3bert.timing import compare_wallclock, component_times, modelled_speedup
@@ -308,8 +309,8 @@ class Runner:
                       full_model, items) -> list[dict]:
         spec, method = get_task(task), get_method(name)
         policy = method.make_policy(spec.num_labels, model.num_layers)
-        grid = policy.grid()
         t0 = time.perf_counter()
+        grid = refine_grid(policy, rec, policy.grid(), self.p.speedup_targets)
         exits = policy.replay(rec, grid)  # [K, N]
         preds = replay_predictions(rec, exits)
         L, n = model.num_layers, exits.shape[1]

@@ -130,9 +130,45 @@ class ThresholdPolicy(ExitPolicy):
 
 
 def threshold_grid(high: float, low: float = 0.0) -> list[float]:
-    """A sweep for a threshold in [low, high]: 41 even steps plus a log-spaced tail near `low`,
-    where well-trained models put most confident samples."""
+    """A sweep for a threshold in [low, high]: 41 even steps plus log-spaced tails near both ends,
+    where confident (near `low`) and undecided (near `high`) samples pile up."""
     span = high - low
     values = {low + span * i / 40 for i in range(41)}
-    values |= {low + span * 10 ** (e / 4) for e in range(-20, -4)}
+    tails = [span * 10 ** (e / 4) for e in range(-20, -4)]
+    values |= {low + t for t in tails} | {high - t for t in tails}
     return sorted(round(v, 8) for v in values)
+
+
+def refine_grid(policy: ExitPolicy, record: dict[str, torch.Tensor], grid: list[float],
+                targets: list[float], rounds: int = 12, tolerance: float = 0.02) -> list[float]:
+    """Add knob values (by bisection) where the layer speed-up jumps over a target.
+
+    A fixed grid can step from 1.25× straight to 4× when a model's scores bunch up; bisecting
+    between the two neighbouring knob values finds an operating point within `tolerance` of the
+    target. Integer knobs are left alone. Returns the sorted, enlarged grid.
+    """
+    if policy.knob.integer or len(grid) < 2:
+        return list(grid)
+    n, L = record["labels"].shape[0], policy.num_layers
+
+    def speedup(values: list[float]) -> list[float]:
+        exits = policy.replay(record, values)
+        return (L * n / exits.sum(1).double()).tolist()
+
+    sp = dict(zip(grid, speedup(list(grid)), strict=True))
+    for target in targets:
+        for _ in range(rounds):
+            values = sorted(sp)
+            above = [sp[v] for v in values if sp[v] >= target]
+            if not above or min(above) <= target * (1 + tolerance):
+                break
+            pairs = [(a, b) for a, b in zip(values, values[1:], strict=False)
+                     if (sp[a] - target) * (sp[b] - target) < 0]
+            if not pairs:
+                break
+            a, b = min(pairs, key=lambda ab: min(sp[ab[0]], sp[ab[1]], key=lambda s: abs(s - target)))
+            mid = round((a + b) / 2, 12)
+            if mid in sp:
+                break
+            sp[mid] = speedup([mid])[0]
+    return sorted(sp)
