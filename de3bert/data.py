@@ -156,7 +156,8 @@ def read_tsv(task: TaskSpec, path: Path) -> list[Example]:
 def synthetic_examples(split: str, n: int, seed: int) -> list[Example]:
     """A deterministic two-class task with easy and hard samples (so early exit has work to do).
 
-    Class 1 sentences contain more 'good' than 'bad' words; some samples are near-ties.
+    Class 1 sentences contain more 'good' than 'bad' words; some samples are near-ties, and 10% of
+    labels are flipped so no model reaches 100% and metric regressions stay visible.
     """
     rng = random.Random(f"{seed}-{split}")
     filler = ["the", "a", "movie", "plot", "was", "very", "quite", "and", "it", "story", "cast"]
@@ -171,6 +172,8 @@ def synthetic_examples(split: str, n: int, seed: int) -> list[Example]:
             good, bad = (good + 1, bad) if label else (good, bad + 1)
         words = ["good"] * good + ["bad"] * bad + rng.choices(filler, k=rng.randint(3, 12))
         rng.shuffle(words)
+        if rng.random() < 0.1:
+            label = 1 - label
         out.append(Example((" ".join(words),), label))
     return out
 
