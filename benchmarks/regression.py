@@ -124,7 +124,6 @@ def check_regression(
         print(f"{name:<{width}}  {exp:>22}  {obs:>22}  {'ok' if ok else 'REGRESSION'}")
     print(
         f"{len(checks) - len(failed)}/{len(checks)} checks passed"
-        + ("" if failed else " — no regression")
-        + ("" if verbose else " (failures listed above)")
+        + (" — REGRESSION (failing checks listed above)" if failed else " — no regression")
     )
     return 1 if failed else 0
