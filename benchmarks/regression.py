@@ -119,9 +119,19 @@ def check_regression(
     failed = [c for c in checks if not c[3]]
     width = max(len(c[0]) for c in checks)
     shown = checks if verbose else failed
-    print(f"{'check':<{width}}  {'expected':>22}  {'observed':>22}  verdict")
-    for name, exp, obs, ok in shown:
-        print(f"{name:<{width}}  {exp:>22}  {obs:>22}  {'ok' if ok else 'REGRESSION'}")
+    if shown:
+        print(f"{'check':<{width}}  {'expected':>22}  {'observed':>22}  verdict")
+        for name, exp, obs, ok in shown:
+            print(f"{name:<{width}}  {exp:>22}  {obs:>22}  {'ok' if ok else 'REGRESSION'}")
+        print()
+    groups: dict[str, list[bool]] = {}
+    for name, _, _, ok in checks:
+        parts = name.split("/")
+        groups.setdefault(parts[1] if len(parts) > 2 else parts[0], []).append(ok)
+    print(f"{'group':<24}  {'checks':>7}  {'failed':>7}  verdict")
+    for group, oks in groups.items():
+        bad = oks.count(False)
+        print(f"{group:<24}  {len(oks):>7}  {bad:>7}  {'REGRESSION' if bad else 'ok'}")
     print(
         f"{len(checks) - len(failed)}/{len(checks)} checks passed"
         + (" — REGRESSION (failing checks listed above)" if failed else " — no regression")
