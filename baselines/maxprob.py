@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from de3bert.policy import Knob, ThresholdPolicy
+from de3bert.policy import Knob, ThresholdPolicy, finite_logits
 from de3bert.registry import register_method
 
 
@@ -18,7 +18,7 @@ class MaxProbPolicy(ThresholdPolicy):
         return [round(lo + (1 - lo) * i / 40, 6) for i in range(41)]
 
     def score(self, layer, signals):
-        return signals["logits"].float().softmax(-1).max(-1).values
+        return finite_logits(signals["logits"]).softmax(-1).max(-1).values
 
 
 register_method("maxprob", "weighted", MaxProbPolicy, "Max-prob: exit when max p > c (weighted recipe)")

@@ -54,11 +54,22 @@ class Profile:
             valid = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
             raise FileNotFoundError(f"unknown profile {name_or_path!r}; valid profiles: {', '.join(valid)} "
                                     "(or a path to a .yaml file)")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML ({err})") from err
         known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a profile is a YAML mapping of keys {sorted(known)}, "
+                             f"got {type(data).__name__}")
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"{path}: unknown profile keys {sorted(unknown)}; valid: {sorted(known)}")
+        if "name" not in data:
+            raise ValueError(f"{path}: the profile needs a `name`")
+        for key in ("tasks", "methods", "seeds", "speedup_targets"):  # a bare string would be
+            if key in data and not isinstance(data[key], list):  # iterated letter by letter
+                raise ValueError(f"{path}: `{key}` must be a list, e.g. {key}: [{data[key]}]")
         return cls(**data)
 
     def train_overrides(self, task: str) -> dict:

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from de3bert.backbone import load_tokenizer
-from de3bert.data import EncodedDataset, get_task, load_examples, make_loader
+from de3bert.data import TASK_DIRS, DataError, EncodedDataset, get_task, load_examples, make_loader
 from de3bert.engine import record_signals, replay_predictions
 from de3bert.flops import DepthFlops, depth_flops, flops_speedup
 from de3bert.metrics import glue_metrics
@@ -76,14 +76,14 @@ class Results:
         if not path.is_file():
             return
         bad = 0
-        for line in path.read_text().splitlines():
-            if not line.strip():
+        for raw in path.read_bytes().splitlines():  # bytes: a garbage line may not even be UTF-8
+            if not raw.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(raw.decode("utf-8"))
                 _ = row["task"], row["method"], row["seed"], row["group_size"]
                 self.rows.append(row)
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
                 bad += 1
         sizes = Counter(self._group(r) for r in self.rows)
         keep = [r for r in self.rows if sizes[self._group(r)] == r["group_size"]]
@@ -235,9 +235,24 @@ class Runner:
                            "model": {k: v for k, v in model.meta.items() if k != "train_config"}},
                 "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **self.meta}
 
+    def check_data(self) -> None:
+        """Fail before anything is trained or written when a local task file is missing."""
+        for name in dict.fromkeys(get_task(t).name for t in self.p.tasks):
+            spec = get_task(name)
+            if spec.name == "synthetic" or not self.data_dir:
+                continue
+            root = Path(self.data_dir)
+            if not root.is_dir():
+                raise DataError(f"data dir {root} does not exist")
+            for fname in ("train.tsv", spec.dev_file):
+                if not (root / TASK_DIRS[spec.name] / fname).is_file():
+                    raise DataError(f"missing data file {root / TASK_DIRS[spec.name] / fname} "
+                                    f"for task {spec.name}")
+
     def run(self) -> None:
         torch.set_num_threads(self.p.threads)
         plan = self.plan()
+        self.check_data()
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "profile.json", json.dumps(asdict(self.p), indent=2))
         bar = tqdm(total=len(plan), desc=f"profile {self.p.name}", disable=not self.progress)

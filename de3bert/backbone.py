@@ -48,12 +48,41 @@ def default_pooling(name: str) -> str:
                       or name.startswith("embedded")) else "cls"
 
 
+#: files one of which a local backbone directory needs for its tokenizer
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
+
+
+def valid_backbones() -> str:
+    """The accepted backbone spellings, for error messages."""
+    return (f"valid backbones: {EMBEDDED_BACKBONE!r} (packaged), {TINY_RANDOM!r} (smoke/tests), a local "
+            "directory with config.json, weights and tokenizer files, or a Hub id such as "
+            "bert-base-uncased (needs network or a warm cache)")
+
+
+def _check_local_dir(name: str, path: str) -> None:
+    """A path-like backbone must exist; a directory must hold tokenizer files."""
+    looks_local = os.path.isabs(path) or path.startswith((".", "~")) or os.path.exists(path)
+    if looks_local and not os.path.isdir(path):
+        raise FileNotFoundError(f"unknown backbone {name!r}: {path} is not a directory; {valid_backbones()}")
+    if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        raise FileNotFoundError(f"backbone {name!r}: directory {path} has no tokenizer files (one of "
+                                f"{', '.join(TOKENIZER_FILES)}); save the tokenizer next to the model "
+                                "(tokenizer.save_pretrained(dir))")
+
+
 def load_tokenizer(name: str):
     path = resolve_backbone(name)
+    _check_local_dir(name, path)
     try:
-        return AutoTokenizer.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
-        raise FileNotFoundError(f"backbone {name!r}: no usable tokenizer at {path} ({err})") from err
+        raise FileNotFoundError(f"backbone {name!r}: no usable tokenizer at {path} ({err}); "
+                                f"{valid_backbones()}") from err
+    if len(tok) <= len(set(tok.all_special_tokens)):  # a tokenizer built from a config alone
+        raise FileNotFoundError(f"backbone {name!r}: the tokenizer at {path} has only special tokens "
+                                f"({len(tok)}); its vocabulary files are missing")
+    return tok
 
 
 def load_encoder(name: str, attn_implementation: str = "sdpa") -> PreTrainedModel:
@@ -64,18 +93,20 @@ def load_encoder(name: str, attn_implementation: str = "sdpa") -> PreTrainedMode
         return BertModel(BertConfig(**TINY_CONFIG, attn_implementation=attn_implementation))
     path = resolve_backbone(name)
     if not (os.path.isdir(path) or "/" in name or name.replace("-", "").isalnum()):
-        raise ValueError(f"backbone {name!r} is neither a directory nor a Hub id")
+        raise ValueError(f"backbone {name!r} is neither a directory nor a Hub id; {valid_backbones()}")
     try:
         config = AutoConfig.from_pretrained(path)
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise FileNotFoundError(
             f"unknown backbone {name!r}: not a local directory and not reachable on the Hub "
-            f"(offline={os.environ.get('HF_HUB_OFFLINE', '0')}); use {EMBEDDED_BACKBONE!r}, "
-            "a local path, or a Hub id such as bert-base-uncased") from err
+            f"(offline={os.environ.get('HF_HUB_OFFLINE', '0')}); {valid_backbones()}") from err
     if config.model_type not in SUPPORTED_TYPES:
         raise ValueError(f"backbone {name!r} has model_type {config.model_type!r}; "
                          f"supported: {', '.join(SUPPORTED_TYPES)}")
-    return AutoModel.from_pretrained(path, attn_implementation=attn_implementation)
+    try:
+        return AutoModel.from_pretrained(path, attn_implementation=attn_implementation)
+    except OSError as err:  # e.g. a directory with a config but no weights
+        raise FileNotFoundError(f"backbone {name!r}: cannot load weights from {path} ({err})") from err
 
 
 class _FirstTokenPooler(nn.Module):

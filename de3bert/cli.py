@@ -78,12 +78,17 @@ def cmd_eval(args) -> int:
     task = get_task(cfg.task)
     ok, why = method.supports(task.num_labels)
     if not ok:
-        raise SystemExit(f"error: method {method.name} cannot run {task.name}: {why}")
+        raise ValueError(f"method {method.name} cannot run {task.name}: {why}")
+    # bad knob values and missing dev data fail here, before any training
+    if args.knob:
+        method.policy.knob.validate(args.knob)
+    if args.live is not None:
+        method.policy.knob.validate([args.live])
+    dev_examples = load_examples(task, "dev", cfg.data_dir or None)
     cfg.recipe = method.recipe
     model = train(cfg)
     tok = load_tokenizer(cfg.backbone)
-    ds = EncodedDataset(load_examples(task, "dev", cfg.data_dir or None), tok, cfg.max_seq_length,
-                        task.is_regression)
+    ds = EncodedDataset(dev_examples, tok, cfg.max_seq_length, task.is_regression)
     loader = make_loader(ds, 64, shuffle=False, pad_token_id=tok.pad_token_id or 0)
     rec = record_signals(model, loader)
     policy = method.make_policy(task.num_labels, model.num_layers)
@@ -159,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--method", required=(name == "eval"), default="",
                        help="registered method (sets the recipe); see `de3bert list`")
         if name == "eval":
-            p.add_argument("--knob", nargs="*", help="knob values (default: the policy's grid)")
+            p.add_argument("--knob", nargs="*", type=float, help="knob values (default: the policy's grid)")
             p.add_argument("--live", type=float, default=None,
                            help="also run live layer-by-layer at this knob and compare with replay")
         p.set_defaults(fn=fn)
@@ -188,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (KeyError, ValueError, FileNotFoundError) as err:
+    except (KeyError, ValueError, FileNotFoundError, ConnectionError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {msg}", file=sys.stderr)
         return 2

@@ -34,6 +34,8 @@ def distance_ratio(proto_dist: torch.Tensor, logits: torch.Tensor) -> torch.Tens
     r2 = d.scatter(-1, pred, float("inf")).min(-1).values
     big = torch.maximum(r1, r2)
     ratio = torch.where(big > EPS, (r1 - r2) / big.clamp_min(EPS), torch.zeros_like(big))
+    # an infinite distance (overflow) dominates: (inf − r)/inf would be NaN; equal infinities stay 0.5
+    ratio = torch.where(torch.isinf(big) & (r1 != r2), torch.sign(r1 - r2), ratio)
     return (0.5 * (1.0 + ratio)).clamp(0.0, 1.0).nan_to_num(0.5)
 
 

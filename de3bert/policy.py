@@ -95,9 +95,16 @@ class ExitPolicy(ABC):
 
 
 # ---- shared indicator maths (float32, no NaN for any finite or infinite logits) --------------
+def finite_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Float32 logits with ±inf (e.g. a float16 overflow) mapped to the largest finite values, so
+    softmax stays defined; NaN stays NaN (a broken model is not made to look confident)."""
+    info = torch.finfo(torch.float32)
+    return logits.float().clamp(info.min, info.max)
+
+
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Shannon entropy in nats of softmax(logits): −Σ p·log p computed as −Σ softmax·log_softmax."""
-    x = logits.float()
+    x = finite_logits(logits)
     logp = F.log_softmax(x, dim=-1)
     p = logp.exp()
     return (-(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1)).clamp_min(0.0)

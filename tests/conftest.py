@@ -1,7 +1,8 @@
 """Shared fixtures: offline hub, a tiny random encoder, the synthetic loader, real GLUE rows.
 
 Every test runs offline: HF_HUB_OFFLINE is set at import time and any network socket connection
-attempt (IPv4/IPv6) raises and fails the test that made it, even if the caller swallowed the error.
+attempt (IPv4/IPv6) or DNS lookup of a remote name raises and fails the test that made it, even if
+the caller swallowed the error.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import ipaddress  # noqa: E402
 import socket  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -37,12 +39,34 @@ def _blocked(kind: str):
     return guard
 
 
+_LOCAL_NAMES = {None, "", "localhost", "localhost.localdomain"}
+
+
+def _blocked_lookup(original):
+    """DNS lookups of remote names are network traffic too (and may succeed where connect fails)."""
+
+    def guard(host, *args, **kwargs):
+        name = host.decode() if isinstance(host, bytes) else host
+        try:
+            ipaddress.ip_address(str(name).split("%")[0])
+            numeric = True
+        except ValueError:
+            numeric = False
+        if name not in _LOCAL_NAMES and not numeric:
+            _NETWORK_ATTEMPTS.append(f"getaddrinfo({host!r})")
+            raise OSError(f"network access is forbidden in tests: DNS lookup of {host!r}")
+        return original(host, *args, **kwargs)
+
+    return guard
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_network():
-    """Make every IPv4/IPv6 socket connection fail for the whole session."""
+    """Make every IPv4/IPv6 socket connection and remote DNS lookup fail for the whole session."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(socket.socket, "connect", _blocked("connect"))
         mp.setattr(socket.socket, "connect_ex", _blocked("connect_ex"))
+        mp.setattr(socket, "getaddrinfo", _blocked_lookup(socket.getaddrinfo))
         yield
 
 

@@ -260,7 +260,7 @@ def test_synthetic_task_is_deterministic():
     assert (len(train), len(dev)) == (800, 400)
     assert load_examples(task, "dev") == dev
     assert {e.label for e in dev} == {0, 1}
-    # the label is recoverable from the words (a learnable task): class 1 has more 'good' than 'bad'
-    for e in dev:
-        words = e.texts[0].split()
-        assert (words.count("good") > words.count("bad")) == (e.label == 1)
+    # learnable but noisy: the words give the label except for ~10% flipped labels
+    agree = [(e.texts[0].split().count("good") > e.texts[0].split().count("bad")) == (e.label == 1)
+             for e in dev]
+    assert 0.85 <= sum(agree) / len(agree) <= 0.95
