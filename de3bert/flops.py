@@ -59,7 +59,7 @@ def count_components(model: MultiExitModel, length: int) -> tuple[float, list[fl
         raise ValueError("count FLOPs on an eager-attention model (SDPA hides attention matmuls); "
                          "load it with attn_implementation='eager'")
     model.eval()
-    ids = torch.full((1, length), 1000, dtype=torch.long)
+    ids = torch.full((1, length), 1, dtype=torch.long)  # any in-vocabulary id: FLOPs do not depend on it
     attn = torch.ones(1, length, dtype=torch.long)
     emb, (hidden, mask) = _count(lambda: model.encoder.embed(ids, attn, torch.zeros_like(ids)))
     state = model.heads.init_state(1, ids.device)
