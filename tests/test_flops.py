@@ -54,7 +54,8 @@ def test_quadratic_fit_is_exact_at_unseen_lengths(model):
 def test_sdpa_model_is_refused(model):
     cfg = BertConfig(vocab_size=1000, hidden_size=H, num_hidden_layers=1, num_attention_heads=4,
                      intermediate_size=I, attn_implementation="sdpa")
-    sdpa = get_recipe("weighted").build(LayerwiseEncoder(BertModel(cfg)), {"num_labels": C, "pooling": "mean"})
+    meta = {"num_labels": C, "pooling": "mean"}
+    sdpa = get_recipe("weighted").build(LayerwiseEncoder(BertModel(cfg)), meta)
     with pytest.raises(ValueError, match="eager"):
         count_components(sdpa, 8)
 
