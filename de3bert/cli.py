@@ -146,8 +146,12 @@ def cmd_report(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from benchmarks.regression import check_regression
+    from benchmarks.regression import check_benchmarks, check_regression
 
+    if bool(args.results) == bool(args.benchmark_json):
+        raise ValueError("give exactly one of --results (a run's results.jsonl) or --benchmark-json")
+    if args.benchmark_json:
+        return check_benchmarks(args.golden, args.benchmark_json, update=args.update)
     return check_regression(args.golden, args.results, update=args.update, verbose=args.verbose)
 
 
@@ -182,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_report)
     p = sub.add_parser("check-regression", help="compare results with a golden file; non-zero on regression")
     p.add_argument("--golden", required=True)
-    p.add_argument("--results", required=True, help="results.jsonl of the run to check")
+    p.add_argument("--results", default="", help="results.jsonl of the run to check (e.g. the smoke profile)")
+    p.add_argument("--benchmark-json", default="",
+                   help="pytest-benchmark JSON to check against ratio bounds (see README)")
     p.add_argument("--update", action="store_true", help="refresh the golden file from these results")
     p.add_argument("-v", "--verbose", action="store_true", help="print every check, not only failures")
     p.set_defaults(fn=cmd_check)
