@@ -137,3 +137,48 @@ def check_regression(
         + (" — REGRESSION (failing checks listed above)" if failed else " — no regression")
     )
     return 1 if failed else 0
+
+
+def benchmark_ratios(path: str | Path) -> dict[str, tuple[float, bool]]:
+    """{target[/method]: (ratio, higher_is_better)} from a pytest-benchmark JSON (`extra_info`)."""
+    data = json.loads(Path(path).read_text())
+    out = {}
+    for b in data.get("benchmarks", []):
+        info = b.get("extra_info", {})
+        if "ratio" not in info or "target" not in info or info.get("tiny"):
+            continue
+        key = info["target"] + (f"/{info['method']}" if info.get("method") else "")
+        out[key] = (float(info["ratio"]), str(info.get("goal", ">=")).startswith(">"))
+    return out
+
+
+def check_benchmarks(golden: str | Path, bench_json: str | Path, update: bool = False, margin: float = 0.15) -> int:
+    """Ratio floors (or ceilings) from a pytest-benchmark run: a regression is a ratio that got
+    worse than the committed bound. `update` sets bounds to the measured ratios ∓ `margin`
+    (relative), which absorbs this machine's 15–30% speed drift."""
+    ratios = benchmark_ratios(bench_json)
+    golden = Path(golden)
+    if update:
+        bounds = {
+            k: ({"min": round(r * (1 - margin), 4)} if hi else {"max": round(r * (1 + margin), 4)})
+            for k, (r, hi) in sorted(ratios.items())
+        }
+        text = json.dumps({"margin": margin, "bounds": bounds}, indent=1, sort_keys=True)
+        golden.write_text(text + "\n")
+        print(f"benchmark bounds {golden} refreshed from {bench_json} ({len(bounds)} ratios)")
+        return 0
+    if not golden.is_file():
+        raise FileNotFoundError(f"no benchmark bounds at {golden}; create them with --update")
+    bounds = json.loads(golden.read_text())["bounds"]
+    failed = 0
+    print(f"{'ratio':<40}  {'bound':>10}  {'observed':>9}  verdict")
+    for key, bound in bounds.items():
+        obs = ratios.get(key)
+        ok = obs is not None and (obs[0] >= bound["min"] if "min" in bound else obs[0] <= bound["max"])
+        shown = "missing" if obs is None else f"{obs[0]:.3f}"
+        limit = f">= {bound['min']}" if "min" in bound else f"<= {bound['max']}"
+        failed += not ok
+        print(f"{key:<40}  {limit:>10}  {shown:>9}  {'ok' if ok else 'REGRESSION'}")
+    verdict = " — REGRESSION" if failed else " — no regression"
+    print(f"{len(bounds) - failed}/{len(bounds)} ratio checks passed{verdict}")
+    return 1 if failed else 0
