@@ -152,7 +152,8 @@ def benchmark_ratios(path: str | Path) -> dict[str, tuple[float, bool]]:
     return out
 
 
-def check_benchmarks(golden: str | Path, bench_json: str | Path, update: bool = False, margin: float = 0.15) -> int:
+def check_benchmarks(golden: str | Path, bench_json: str | Path, update: bool = False,
+                     margin: float = 0.15) -> int:
     """Ratio floors (or ceilings) from a pytest-benchmark run: a regression is a ratio that got
     worse than the committed bound. `update` sets bounds to the measured ratios ∓ `margin`
     (relative), which absorbs this machine's 15–30% speed drift."""
