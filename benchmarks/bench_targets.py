@@ -399,13 +399,19 @@ def _wallclock(benchmark, cfg, models, timed_items, op: OperatingPoint, batch_si
             "exit_histogram": torch.bincount(live - 1, minlength=model.num_layers).tolist()}
 
 
-@pytest.mark.parametrize("method", DEPLOYABLE)
-def test_wallclock_fidelity(benchmark, cfg, models, timed_items, operating_points, method):
-    """Batch 1: wall-clock speed-up ≥ 0.9 × layer speed-up of the same samples."""
+def _operating_point_or_skip(benchmark, operating_points, method: str):
+    """The method's operating point; skip (with a recorded reason) when no knob reaches 1.5×."""
     op = operating_points[method]
     if op is None:
         benchmark.extra_info.update({"method": method, "passed": None, "reason": "no knob reaches 1.5×"})
         pytest.skip(f"{method}: no knob value reaches a layer speed-up of {FALLBACK_SPEEDUP}")
+    return op
+
+
+@pytest.mark.parametrize("method", DEPLOYABLE)
+def test_wallclock_fidelity(benchmark, cfg, models, timed_items, operating_points, method):
+    """Batch 1: wall-clock speed-up ≥ 0.9 × layer speed-up of the same samples."""
+    op = _operating_point_or_skip(benchmark, operating_points, method)
     r = _wallclock(benchmark, cfg, models, timed_items, op, 1, cfg.rounds_latency, cfg.warmup,
                    cfg.chunk_latency)
     passed = record_result(benchmark, cfg, "wall-clock fidelity", r.pop("ratio"), GOAL_FIDELITY, True,
@@ -418,10 +424,7 @@ def test_wallclock_fidelity(benchmark, cfg, models, timed_items, operating_point
 @pytest.mark.parametrize("method", DEPLOYABLE)
 def test_batched_early_exit(benchmark, cfg, models, timed_items, operating_points, method):
     """Batch 32 with batch shrinking: throughput speed-up ≥ 0.7 × layer speed-up."""
-    op = operating_points[method]
-    if op is None:
-        benchmark.extra_info.update({"method": method, "passed": None, "reason": "no knob reaches 1.5×"})
-        pytest.skip(f"{method}: no knob value reaches a layer speed-up of {FALLBACK_SPEEDUP}")
+    op = _operating_point_or_skip(benchmark, operating_points, method)
     r = _wallclock(benchmark, cfg, models, timed_items, op, cfg.throughput_batch, cfg.rounds_throughput, 1,
                    1)
     passed = record_result(benchmark, cfg, "batched early exit", r.pop("ratio"), GOAL_BATCHED, True,
