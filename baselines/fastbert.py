@@ -23,7 +23,10 @@ class FastBertClassifier(nn.Module):
     """Linear H→w + tanh on every token, w-wide multi-head self-attention with the padding mask,
     first token, Linear w→w + tanh, Linear w→C.
 
-    Attention is explicit matmuls (not SDPA) so FLOP counters see all of the head's work.
+    Only the first token's attention output is used, so only its query is computed: keys and
+    values still span every token, and the output equals full self-attention's first row
+    (tested), at 1/T of the score, context and output-projection work. Attention is explicit
+    matmuls (not SDPA) so FLOP counters see all of the head's work.
     """
 
     def __init__(self, hidden_size: int, num_labels: int, width: int = 128, heads: int = 2,
@@ -45,13 +48,13 @@ class FastBertClassifier(nn.Module):
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         x = torch.tanh(self.inp(hidden))
-        q, k, v = self._split(self.q(x)), self._split(self.k(x)), self._split(self.v(x))
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        q, k, v = self._split(self.q(x[:, :1])), self._split(self.k(x)), self._split(self.v(x))
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # [N, heads, 1, T]
         pad = ~attention_mask.bool()[:, None, None, :]
         scores = scores.masked_fill(pad, torch.finfo(scores.dtype).min)
-        ctx = self.dropout(scores.softmax(-1)) @ v  # [N, heads, T, d]
-        ctx = self.out(ctx.transpose(1, 2).reshape(x.shape))
-        return self.classifier(torch.tanh(self.dense(ctx[:, 0])))
+        ctx = self.dropout(scores.softmax(-1)) @ v  # [N, heads, 1, d]
+        ctx = self.out(ctx.transpose(1, 2).reshape(x.shape[0], x.shape[2]))
+        return self.classifier(torch.tanh(self.dense(ctx)))
 
 
 class FastBertHeads(ExitHeads):

@@ -19,12 +19,18 @@ from .deebert import EntropyPolicy
 
 
 class PastFutureHeads(ExitHeads):
-    """Per-layer poolers, a future predictor (one Linear+tanh per target layer j, shared by every
-    current layer i < j) and a gated classifier with one Linear H→2C per slot j.
+    """Per-layer poolers, a future predictor ĥⱼ = tanh(Wⱼh + bⱼ) per target layer j (shared by every
+    current layer i < j) and a gated classifier with one slot j (H → C logits + C gate inputs) per
+    layer.
 
-    Head state `past` [N, L, H] keeps the pooled features of the layers run so far (rows are
-    samples, so the live engine can drop exited ones). In training, `_pooled` [N, H] and
-    `_future` [N, L−i, H] (predictions for layers i+1..L) are emitted for the loss.
+    The slot outputs of the layers already run only ever enter as sums (logits) and a mean (gate),
+    so head state keeps the two running sums `past_logits`, `past_gate` [N, C] and each layer adds
+    its own slot once, instead of re-running every past slot. The future predictors and slots are
+    stacked tensors, so the L − i future targets of layer i are two matrix products, not 2(L − i)
+    small ones: at batch 1 a GPFEE exit then costs a few kernels per layer rather than ~3L.
+    (Training: each past slot sees one dropout mask, drawn when its layer runs.)
+    In training, `_pooled` [N, H] and `_future` [N, L−i, H] (predictions for layers i+1..L) are
+    emitted for the loss.
     """
 
     def __init__(self, encoder, num_labels: int, pooling: str, dropout: float = 0.1):
@@ -33,48 +39,67 @@ class PastFutureHeads(ExitHeads):
             raise ValueError("Past-Future (GPFEE) is classification-only: its gate and entropy rule "
                              "need class logits; regression is not supported")
         hidden, self.num_layers, self.num_labels = encoder.hidden_size, encoder.num_layers, num_labels
-        self.pooling = pooling
+        self.hidden_size, self.pooling = hidden, pooling
+        L, C = self.num_layers, num_labels
         # `cls` with a backbone pooler: a copy of it per layer; otherwise pool, then Linear+tanh
         self.copy_pooler = pooling == "cls" and encoder.pooler is not None
         if self.copy_pooler:
-            self.poolers = nn.ModuleList(copy.deepcopy(encoder.pooler) for _ in range(self.num_layers))
+            self.poolers = nn.ModuleList(copy.deepcopy(encoder.pooler) for _ in range(L))
         else:
             self.poolers = nn.ModuleList(nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh())
-                                         for _ in range(self.num_layers))
-        # future[j − 2] predicts layer j (2..L) from any earlier layer's pooled feature
-        self.future = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(self.num_layers - 1))
-        self.slots = nn.ModuleList(nn.Linear(hidden, 2 * num_labels) for _ in range(self.num_layers))
+                                         for _ in range(L))
+        # future_weight[j − 2] ([out, in], as nn.Linear) predicts layer j = 2..L
+        self.future_weight = nn.Parameter(torch.empty(L - 1, hidden, hidden))
+        self.future_bias = nn.Parameter(torch.empty(L - 1, hidden))
+        # slot j (0-based): x ↦ x·slot_logit_weight[j] + slot_logit_bias[j] (and the same for the gate)
+        self.slot_logit_weight = nn.Parameter(torch.empty(L, hidden, C))
+        self.slot_logit_bias = nn.Parameter(torch.empty(L, C))
+        self.slot_gate_weight = nn.Parameter(torch.empty(L, hidden, C))
+        self.slot_gate_bias = nn.Parameter(torch.empty(L, C))
+        bound = 1.0 / hidden ** 0.5  # nn.Linear's default initialisation for fan-in H
+        for p in (self.future_weight, self.future_bias, self.slot_logit_weight, self.slot_logit_bias,
+                  self.slot_gate_weight, self.slot_gate_bias):
+            nn.init.uniform_(p, -bound, bound)
         self.gate = nn.Parameter(torch.ones(num_labels))  # A, one value per class
         self.dropout = nn.Dropout(dropout)
 
     def init_state(self, batch_size, device):
-        return {"past": torch.zeros(batch_size, self.num_layers, self.slots[0].in_features, device=device)}
+        zeros = torch.zeros(batch_size, self.num_labels, device=device)
+        return {"past_logits": zeros, "past_gate": zeros.clone()}
 
     def pooled(self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.copy_pooler:
             return self.poolers[layer - 1](hidden)
         return self.poolers[layer - 1](pool(hidden, attention_mask, self.pooling))
 
+    def predict_future(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        """ĥⱼ for j = layer+1..L from this layer's pooled h: `[N, (L − layer)·H]`, targets in order."""
+        k, hid = self.num_layers - layer, self.hidden_size
+        w = self.future_weight[layer - 1:].reshape(k * hid, hid)
+        return torch.tanh(F.linear(h, w, self.future_bias[layer - 1:].reshape(k * hid)))
+
     def forward_layer(self, layer, hidden, attention_mask, state):
-        c = self.num_labels
+        i, k, c = layer - 1, self.num_layers - layer, self.num_labels
         h = self.pooled(layer, hidden, attention_mask)
-        # out-of-place write: earlier layers' graphs still hold the previous buffer
-        past = state["past"].index_copy(1, torch.tensor([layer - 1], device=h.device),
-                                        h.to(state["past"].dtype)[:, None])
-        state["past"] = past
-        past_out = [self.slots[j](self.dropout(past[:, j].to(h.dtype))) for j in range(layer)]
-        future = [torch.tanh(self.future[j - 1](h)) for j in range(layer, self.num_layers)]
-        future_out = [self.slots[j](self.dropout(f)) for j, f in zip(range(layer, self.num_layers), future,
-                                                                      strict=True)]
-        p = torch.stack([o[:, :c] for o in past_out]).sum(0)
-        lam = torch.sigmoid(self.gate * torch.tanh(torch.stack([o[:, c:] for o in past_out]).mean(0)))
-        logits = 2 * lam * p
-        if future_out:
-            logits = logits + (2 - 2 * lam) * torch.stack([o[:, :c] for o in future_out]).sum(0)
-        out = {"logits": logits}
+        x = self.dropout(h)
+        # out-of-place sums: in training, earlier layers' graphs still hold the previous ones
+        own_logits = torch.addmm(self.slot_logit_bias[i], x, self.slot_logit_weight[i])
+        past_logits = state["past_logits"] + own_logits
+        past_gate = state["past_gate"] + torch.addmm(self.slot_gate_bias[i], x, self.slot_gate_weight[i])
+        state["past_logits"], state["past_gate"] = past_logits, past_gate
+        two_lam = 2 * torch.sigmoid(self.gate * torch.tanh(past_gate / layer))
+        logits = two_lam * past_logits
+        out = {}
+        if k:
+            future = self.predict_future(layer, h)
+            future_logits = torch.addmm(self.slot_logit_bias[layer:].sum(0), self.dropout(future),
+                                        self.slot_logit_weight[layer:].reshape(k * self.hidden_size, c))
+            logits = logits + (2 - two_lam) * future_logits
+        out["logits"] = logits
         if self.training:
             out["_pooled"] = h
-            out["_future"] = torch.stack(future, 1) if future else h.new_zeros(h.shape[0], 0, h.shape[1])
+            out["_future"] = (future.view(h.shape[0], k, self.hidden_size) if k
+                              else h.new_zeros(h.shape[0], 0, self.hidden_size))
         return out
 
 

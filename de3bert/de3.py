@@ -19,6 +19,7 @@ from .recipes import Recipe, Stage, all_parameters, register_recipe, task_loss
 from .registry import register_method
 
 EPS = 1e-12
+FLOAT_MAX = torch.finfo(torch.float32).max
 DE3_DEFAULTS = {"beta": 1.0, "gamma": 0.1, "dar": "protonet", "distance": "euclidean",
                 "temperature": 1.0, "margin": 1.0, "proto_dim": 0, "protonet": True,
                 "recompute_prototypes": True, "layer_weights": "linear"}
@@ -27,28 +28,31 @@ DE3_DEFAULTS = {"beta": 1.0, "gamma": 0.1, "dar": "protonet", "distance": "eucli
 # ---- the indicator -----------------------------------------------------------------------------
 def distance_ratio(proto_dist: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """DR = ½(1 + (r₁ − r₂)/max(r₁, r₂)), r₁ = distance to the predicted class's prototype,
-    r₂ = distance to the nearest other prototype. In [0, 1]; 0.5 when r₁ = r₂ (also both 0)."""
-    d = proto_dist.float()
+    r₂ = distance to the nearest other prototype. In [0, 1]; 0.5 when r₁ = r₂ (also both 0).
+
+    Distances are clamped to [0, float32 max] first: an infinite distance (overflow) then
+    dominates as a huge finite one does (DR → 0 or 1, equal infinities 0.5), a cosine distance
+    rounded below 0 counts as 0, and max(r₁, r₂) ≥ EPS keeps 0/0 away. NaN gives 0.5.
+    Every step is one kernel on `[N, C]` or `[N]` tensors (no masks): this runs after every layer.
+    """
+    d = proto_dist.float().clamp(0.0, FLOAT_MAX)
     pred = logits.argmax(-1, keepdim=True)
-    r1 = d.gather(-1, pred).squeeze(-1)
-    r2 = d.scatter(-1, pred, float("inf")).min(-1).values
-    big = torch.maximum(r1, r2)
-    ratio = torch.where(big > EPS, (r1 - r2) / big.clamp_min(EPS), torch.zeros_like(big))
-    # an infinite distance (overflow) dominates: (inf − r)/inf would be NaN; equal infinities stay 0.5
-    ratio = torch.where(torch.isinf(big) & (r1 != r2), torch.sign(r1 - r2), ratio)
-    return (0.5 * (1.0 + ratio)).clamp(0.0, 1.0).nan_to_num(0.5)
+    r1 = d.gather(-1, pred)
+    r2 = d.scatter(-1, pred, float("inf")).amin(-1, keepdim=True)
+    ratio = ((r1 - r2) / torch.maximum(r1, r2).clamp_min_(EPS)).nan_to_num_(0.0)
+    return ratio.squeeze(-1).mul_(0.5).add_(0.5)
 
 
 def edr(entropy_n: torch.Tensor, dr: torch.Tensor, lam: float) -> torch.Tensor:
     """Weighted harmonic mean (λ+1)/(λ/DR + 1/Entropy) = (λ+1)·DR·H/(λ·H + DR), in [0, 1].
 
-    λ = 0 is the normalized entropy itself; a zero component gives 0 (no NaN, no division by 0).
+    λ = 0 is the normalized entropy itself; a zero component gives 0 (the denominator is
+    clamped to EPS, where the numerator is already 0), so no NaN and no division by 0.
     """
     h, r = entropy_n.float(), dr.float()
     if lam == 0:
         return h
-    den = lam * h + r
-    return torch.where(den > EPS, (lam + 1) * r * h / den.clamp_min(EPS), torch.zeros_like(den)).clamp(0, 1)
+    return (r * h).div_(torch.add(r, h, alpha=lam).clamp_min_(EPS)).mul_(lam + 1).clamp_(0.0, 1.0)
 
 
 class EDRPolicy(ThresholdPolicy):

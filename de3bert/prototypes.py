@@ -16,15 +16,15 @@ from .model import ClassifierHeads
 
 
 def pairwise_distance(z: torch.Tensor, protos: torch.Tensor, kind: str = "euclidean") -> torch.Tensor:
-    """Distances `[N, C]` from features `[N, d]` to prototypes `[C, d]`.
+    """Distances `[N, C]` from features `[N, d]` to prototypes `[C, d]`, in float32.
 
-    Euclidean uses ‖z‖² − 2 z·p + ‖p‖² (a matmul, so FLOP counters see it); the clamp keeps the
-    square root finite and differentiable at zero distance.
+    Euclidean is `torch.cdist` in its direct mode: one kernel (it runs after every layer at
+    batch 1), no ‖z‖² − 2z·p + ‖p‖² cancellation, a row's result independent of the batch it is
+    in, and a zero gradient at zero distance. `de3bert.flops` registers its FLOPs (3·N·C·d).
     """
     z, protos = z.float(), protos.float()
     if kind == "euclidean":
-        sq = (z * z).sum(-1, keepdim=True) - 2 * z @ protos.T + (protos * protos).sum(-1)[None, :]
-        return sq.clamp_min(1e-12).sqrt()
+        return torch.cdist(z, protos, compute_mode="donot_use_mm_for_euclid_dist")
     if kind == "cosine":
         return 1.0 - F.normalize(z, dim=-1, eps=1e-8) @ F.normalize(protos, dim=-1, eps=1e-8).T
     raise ValueError(f"unknown distance {kind!r}; valid: euclidean, cosine")

@@ -119,8 +119,9 @@ def _spread(model, loader) -> None:
     heads = model.heads
     if hasattr(heads, "lte"):
         heads.lte.weight.mul_(30)
-    for lin in getattr(heads, "slots", []):
-        lin.weight.mul_(10)
+    if hasattr(heads, "slot_logit_weight"):  # Past-Future's stacked slots
+        heads.slot_logit_weight.mul_(10)
+        heads.slot_gate_weight.mul_(10)
     if hasattr(heads, "layers"):  # FastBERT: centre and scale each layer's logits (an exact affine map)
         z = record_signals(model, loader, progress=False)["logits"]  # [L, N, C]
         for head, zi in zip(heads.layers, z, strict=True):
@@ -261,10 +262,10 @@ def test_past_future_training(dataset):
     heads = model.heads
     assert all(p.grad is None or not p.grad.any() for p in heads.poolers[L - 1].parameters())
     assert heads.poolers[0][0].weight.grad.abs().sum() > 0
-    assert heads.future[0].weight.grad.abs().sum() > 0
+    assert heads.future_weight.grad[0].abs().sum() > 0
     model.zero_grad()
     before = _run_step(model, stage, batch)
-    for prefix in ("heads.poolers.", "heads.future.", "heads.slots.", "heads.gate",
+    for prefix in ("heads.poolers.", "heads.future_", "heads.slot_", "heads.gate",
                    "encoder.encoder.encoder.layer."):
         assert all(_changed(model, before, prefix)), prefix
     assert not any(_changed(model, before, "encoder.encoder.pooler."))  # replaced by per-layer copies
@@ -272,24 +273,35 @@ def test_past_future_training(dataset):
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_past_future_gate_formula(pooling):
+    """The head's running sums and stacked matrices give GPFEE's formula, written out per slot."""
     model = build("past-future", pooling=pooling).eval()
     heads, c = model.heads, 2
     torch.manual_seed(1)
     hidden = [torch.randn(3, 5, 32) for _ in range(L)]
     mask = torch.ones(3, 5, dtype=torch.long)
     state = heads.init_state(3, torch.device("cpu"))
+
+    def slot(j, x):  # slot j (0-based) → (C logits, C gate inputs)
+        return (x @ heads.slot_logit_weight[j] + heads.slot_logit_bias[j],
+                x @ heads.slot_gate_weight[j] + heads.slot_gate_bias[j])
+
+    def future(j, h):  # predicted pooled feature of 1-based layer j
+        return torch.tanh(h @ heads.future_weight[j - 2].T + heads.future_bias[j - 2])
+
     pooled = []
     with torch.no_grad():
         for layer in range(1, L + 1):
             out = heads.forward_layer(layer, hidden[layer - 1], mask, state)["logits"]
             h = hidden[layer - 1]
             pooled.append(heads.poolers[layer - 1](h if pooling == "cls" else h.mean(1)))
-            past = [heads.slots[j](pooled[j]) for j in range(layer)]
-            fut = [heads.slots[j](torch.tanh(heads.future[j - 1](pooled[-1]))) for j in range(layer, L)]
-            lam = torch.sigmoid(heads.gate * torch.tanh(torch.stack([o[:, c:] for o in past]).mean(0)))
-            want = 2 * lam * sum(o[:, :c] for o in past) + (2 - 2 * lam) * sum(o[:, :c] for o in fut)
+            past = [slot(j, pooled[j]) for j in range(layer)]
+            fut = [slot(j - 1, future(j, pooled[-1]))[0] for j in range(layer + 1, L + 1)]
+            lam = torch.sigmoid(heads.gate * torch.tanh(torch.stack([g for _, g in past]).mean(0)))
+            want = 2 * lam * sum(p for p, _ in past) + (2 - 2 * lam) * sum(fut, torch.zeros(3, c))
             assert torch.allclose(out, want, atol=1e-5)
-            assert torch.allclose(state["past"][:, layer - 1], pooled[-1])
+            assert torch.allclose(state["past_logits"], sum(p for p, _ in past), atol=1e-6)
+        assert torch.allclose(heads.predict_future(1, pooled[0]).view(3, L - 1, 32),
+                              torch.stack([future(j, pooled[0]) for j in range(2, L + 1)], 1), atol=1e-6)
 
 
 def test_save_load_roundtrip(tmp_path, dataset):
@@ -318,8 +330,32 @@ def test_head_flops_visible(recipe):
         model.heads.forward_layer(1, hidden, mask, state)
     flops = counter.get_total_flops()
     assert flops > 0
-    if recipe == "self-distill":  # Linear H→w, q/k/v/out w→w, two T×T attention products, w→w, w→C
+    if recipe == "self-distill":
+        # Linear H→w and k/v w→w on every token; q, out, dense w→w and w→C on the first token only;
+        # the first token's 1×T scores and its context
         w = 128
-        assert flops == 2 * t * hdim * w + 4 * 2 * t * w * w + 2 * 2 * t * t * w + 2 * w * w + 2 * w * 2
-    if recipe == "past-future":  # pooler, L−1 future predictors, L slots
-        assert flops == 2 * hdim * hdim * (1 + (L - 1)) + 2 * hdim * 4 * L
+        assert flops == 2 * t * hdim * w + 2 * 2 * t * w * w + 3 * 2 * w * w + 2 * 2 * t * w + 2 * w * 2
+    if recipe == "past-future":  # pooler, L−1 future predictors, this layer's slot (2C), L−1 future slots (C)
+        assert flops == 2 * hdim * hdim * (1 + (L - 1)) + 2 * hdim * 2 * 2 + 2 * hdim * 2 * (L - 1)
+
+
+def test_fastbert_head_equals_full_self_attention_first_row():
+    """Computing only the first token's query gives exactly full self-attention's first row."""
+    model = build("self-distill").eval()
+    head = model.heads.layers[0]
+    torch.manual_seed(3)
+    hidden = torch.randn(4, 9, 32)
+    mask = torch.ones(4, 9, dtype=torch.long)
+    mask[1, 5:] = 0
+    mask[3, 2:] = 0
+    with torch.no_grad():
+        x = torch.tanh(head.inp(hidden))
+        q, k, v = head._split(head.q(x)), head._split(head.k(x)), head._split(head.v(x))
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        scores = scores.masked_fill(~mask.bool()[:, None, None, :], torch.finfo(scores.dtype).min)
+        ctx = head.out((scores.softmax(-1) @ v).transpose(1, 2).reshape(x.shape))  # every token's row
+        want = head.classifier(torch.tanh(head.dense(ctx[:, 0])))
+        got = head(hidden, mask)
+        unpadded = head(hidden[1:2, :5], mask[1:2, :5])[0]  # padding keys are masked out
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got[1], unpadded, atol=1e-6, rtol=1e-5)
