@@ -24,7 +24,7 @@ class LteHeads(ClassifierHeads):
         self.lte = nn.Linear(encoder.hidden_size, 1)
 
     def forward_layer(self, layer, hidden, attention_mask, state):
-        h = self.dropout(self.pooled(layer, hidden, attention_mask))
+        h = self.drop(self.pooled(layer, hidden, attention_mask, state))
         return {"logits": self.classifiers[layer - 1](h), "lte": torch.sigmoid(self.lte(h)).squeeze(-1)}
 
 

@@ -19,14 +19,19 @@ from de3bert.recipes import Recipe, Stage, register_recipe, task_loss
 from de3bert.registry import register_method
 
 
+def additive_padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """`[N, 1, 1, T]`: 0 on real tokens, the dtype's minimum on padding (added to attention scores)."""
+    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
 class FastBertClassifier(nn.Module):
     """Linear H→w + tanh on every token, w-wide multi-head self-attention with the padding mask,
     first token, Linear w→w + tanh, Linear w→C.
 
     Only the first token's attention output is used, so only its query is computed: keys and
-    values still span every token, and the output equals full self-attention's first row
-    (tested), at 1/T of the score, context and output-projection work. Attention is explicit
-    matmuls (not SDPA) so FLOP counters see all of the head's work.
+    values (one fused w→2w map) still span every token, and the output equals full
+    self-attention's first row (tested) at 1/T of the score, context and output-projection work.
+    Attention is explicit matmuls (not SDPA) so FLOP counters see all of the head's work.
     """
 
     def __init__(self, hidden_size: int, num_labels: int, width: int = 128, heads: int = 2,
@@ -34,9 +39,9 @@ class FastBertClassifier(nn.Module):
         super().__init__()
         if width % heads:
             raise ValueError(f"FastBERT head width {width} is not divisible by {heads} heads")
-        self.heads = heads
+        self.heads, self.width = heads, width
         self.inp = nn.Linear(hidden_size, width)
-        self.q, self.k, self.v = nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, width)
+        self.q, self.kv = nn.Linear(width, width), nn.Linear(width, 2 * width)
         self.out = nn.Linear(width, width)
         self.dropout = nn.Dropout(dropout)
         self.dense = nn.Linear(width, width)
@@ -46,20 +51,28 @@ class FastBertClassifier(nn.Module):
         n, t, w = x.shape
         return x.view(n, t, self.heads, w // self.heads).transpose(1, 2)  # [N, heads, T, d]
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                additive_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits `[N, C]`; `additive_mask` (from `additive_padding_mask`) may be passed in cached."""
+        if additive_mask is None:
+            additive_mask = additive_padding_mask(attention_mask)
+        n, w = hidden.shape[0], self.width
         x = torch.tanh(self.inp(hidden))
-        q, k, v = self._split(self.q(x[:, :1])), self._split(self.k(x)), self._split(self.v(x))
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # [N, heads, 1, T]
-        pad = ~attention_mask.bool()[:, None, None, :]
-        scores = scores.masked_fill(pad, torch.finfo(scores.dtype).min)
-        ctx = self.dropout(scores.softmax(-1)) @ v  # [N, heads, 1, d]
-        ctx = self.out(ctx.transpose(1, 2).reshape(x.shape[0], x.shape[2]))
+        kv = self.kv(x)
+        k, v = self._split(kv[..., :w]), self._split(kv[..., w:])
+        q = self.q(x[:, 0]).view(n, self.heads, 1, w // self.heads)
+        scores = (q @ k.transpose(-1, -2)).mul_(1.0 / math.sqrt(q.shape[-1])).add_(additive_mask)
+        probs = scores.softmax(-1)
+        if self.training:
+            probs = self.dropout(probs)
+        ctx = self.out((probs @ v).reshape(n, w))  # [N, heads, 1, d] → [N, w]
         return self.classifier(torch.tanh(self.dense(ctx)))
 
 
 class FastBertHeads(ExitHeads):
     """One FastBERT classifier per layer; the last one is the teacher. Ignores `pooling`: the head
-    pools its own attention output at the first token, as the paper does."""
+    pools its own attention output at the first token, as the paper does. Head state caches the
+    additive padding mask (batch-first, so the live engine drops exited rows from it)."""
 
     def __init__(self, hidden_size: int, num_layers: int, num_labels: int, width: int = 128,
                  attention_heads: int = 2):
@@ -71,7 +84,9 @@ class FastBertHeads(ExitHeads):
                                     for _ in range(num_layers))
 
     def forward_layer(self, layer, hidden, attention_mask, state):
-        return {"logits": self.layers[layer - 1](hidden, attention_mask)}
+        if "additive_mask" not in state:
+            state["additive_mask"] = additive_padding_mask(attention_mask)
+        return {"logits": self.layers[layer - 1](hidden, attention_mask, state["additive_mask"])}
 
 
 def distill_loss(model: MultiExitModel, signals, labels, step) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from de3bert.model import ExitHeads, MultiExitModel, pool
+from de3bert.model import ExitHeads, MultiExitModel, cached_pool_weights, pool
 from de3bert.recipes import Recipe, Stage, all_parameters, register_recipe, weighted_ce
 from de3bert.registry import register_method
 
@@ -67,10 +67,15 @@ class PastFutureHeads(ExitHeads):
         zeros = torch.zeros(batch_size, self.num_labels, device=device)
         return {"past_logits": zeros, "past_gate": zeros.clone()}
 
-    def pooled(self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def pooled(self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor,
+               state: dict | None = None) -> torch.Tensor:
         if self.copy_pooler:
             return self.poolers[layer - 1](hidden)
-        return self.poolers[layer - 1](pool(hidden, attention_mask, self.pooling))
+        weights = cached_pool_weights(state, attention_mask) if self.pooling == "mean" else None
+        return self.poolers[layer - 1](pool(hidden, attention_mask, self.pooling, weights=weights))
+
+    def drop(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(x) if self.training else x
 
     def predict_future(self, layer: int, h: torch.Tensor) -> torch.Tensor:
         """ĥⱼ for j = layer+1..L from this layer's pooled h: `[N, (L − layer)·H]`, targets in order."""
@@ -80,8 +85,8 @@ class PastFutureHeads(ExitHeads):
 
     def forward_layer(self, layer, hidden, attention_mask, state):
         i, k, c = layer - 1, self.num_layers - layer, self.num_labels
-        h = self.pooled(layer, hidden, attention_mask)
-        x = self.dropout(h)
+        h = self.pooled(layer, hidden, attention_mask, state)
+        x = self.drop(h)
         # out-of-place sums: in training, earlier layers' graphs still hold the previous ones
         own_logits = torch.addmm(self.slot_logit_bias[i], x, self.slot_logit_weight[i])
         past_logits = state["past_logits"] + own_logits
@@ -92,7 +97,7 @@ class PastFutureHeads(ExitHeads):
         out = {}
         if k:
             future = self.predict_future(layer, h)
-            future_logits = torch.addmm(self.slot_logit_bias[layer:].sum(0), self.dropout(future),
+            future_logits = torch.addmm(self.slot_logit_bias[layer:].sum(0), self.drop(future),
                                         self.slot_logit_weight[layer:].reshape(k * self.hidden_size, c))
             logits = logits + (2 - two_lam) * future_logits
         out["logits"] = logits

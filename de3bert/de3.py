@@ -9,11 +9,13 @@ Every choice the paper's public summary leaves open is an option here with the s
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from .model import MultiExitModel
-from .policy import Knob, ThresholdPolicy, normalized_entropy, predictions, threshold_grid
+from .policy import Knob, ThresholdPolicy, finite_logits, normalized_entropy, predictions, threshold_grid
 from .prototypes import PrototypeHeads
 from .recipes import Recipe, Stage, all_parameters, register_recipe, task_loss
 from .registry import register_method
@@ -55,6 +57,26 @@ def edr(entropy_n: torch.Tensor, dr: torch.Tensor, lam: float) -> torch.Tensor:
     return (r * h).div_(torch.add(r, h, alpha=lam).clamp_min_(EPS)).mul_(lam + 1).clamp_(0.0, 1.0)
 
 
+def edr_score(logits: torch.Tensor, proto_dist: torch.Tensor, lam: float) -> torch.Tensor:
+    """`edr(normalized_entropy(logits), distance_ratio(proto_dist, logits), lam)` in one pass (λ > 0).
+
+    With S = entropy in nats and a = 2·DR = 1 + (r₁ − r₂)/max(r₁, r₂), EDR = (λ+1)·a·S / (2λ·S +
+    a·ln C): the ½ of DR and the ln C of the entropy fold into the harmonic mean, so the decision
+    after every layer runs 19 small kernels instead of 26 (tested equal to the three-step form).
+    Unlike `distance_ratio` alone, a NaN distance gives NaN (never exits), like NaN logits do.
+    """
+    x = finite_logits(logits)
+    s = torch.special.entr(x.softmax(-1)).sum(-1)
+    d = proto_dist.float().clamp(0.0, FLOAT_MAX)
+    pred = x.argmax(-1, keepdim=True)
+    r1 = d.gather(-1, pred)
+    r2 = d.scatter(-1, pred, float("inf")).amin(-1, keepdim=True)
+    a = ((r1 - r2) / torch.maximum(r1, r2).clamp_min_(EPS)).squeeze(-1).add_(1.0)  # NaN stays NaN
+    log_c = math.log(logits.shape[-1])
+    den = torch.add(a, s, alpha=2 * lam / log_c).clamp_min_(EPS)
+    return (a * s).div_(den).mul_((lam + 1) / log_c).clamp_(0.0, 1.0)
+
+
 class EDRPolicy(ThresholdPolicy):
     """DE³-BERT: exit when EDR = harmonic mix of normalized entropy and DR is below τ."""
 
@@ -74,11 +96,11 @@ class EDRPolicy(ThresholdPolicy):
         return threshold_grid(1.0)
 
     def score(self, layer, signals):
-        h = normalized_entropy(signals["logits"])
-        if self.indicator == "entropy":
-            return h
-        dr = distance_ratio(signals["proto_dist"], signals["logits"])
-        return dr if self.indicator == "dr" else edr(h, dr, self.lam)
+        if self.indicator == "edr" and self.lam > 0:
+            return edr_score(signals["logits"], signals["proto_dist"], self.lam)
+        if self.indicator == "dr":
+            return distance_ratio(signals["proto_dist"], signals["logits"])
+        return normalized_entropy(signals["logits"])  # indicator "entropy", or EDR with λ = 0
 
 
 # ---- the training objective ---------------------------------------------------------------------
@@ -163,4 +185,4 @@ register_method("de3-noproto", "de3-noproto", EDRPolicy,
 for _lam in (0.25, 0.5, 2.0, 4.0):
     register_method(f"de3-lambda{_lam:g}", "de3", EDRPolicy, f"DE³ λ sweep: λ = {_lam:g}", lam=_lam)
 
-__all__ = ["EDRPolicy", "distance_ratio", "edr", "dar_loss", "predictions"]
+__all__ = ["EDRPolicy", "distance_ratio", "edr", "edr_score", "dar_loss", "predictions"]

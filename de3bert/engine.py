@@ -85,21 +85,24 @@ def live_batch(model: MultiExitModel, policy: ExitPolicy, knobs: torch.Tensor,
     exit_layer = torch.full((n,), num_layers, dtype=torch.long)
     pred: torch.Tensor | None = None
     labels = batch["labels"].cpu()
+    on_cpu = input_ids.device.type == "cpu"
     for i in range(num_layers):
         layer = i + 1
         hidden = model.encoder.layer(i, hidden, mask)
         signals = model.heads.forward_layer(layer, hidden, attn, head_state)
-        signals = {k: signals[k].cpu() for k in (*policy.needs, "logits") if k in signals}
-        out = predictions(signals["logits"])
-        if pred is None:
-            pred = torch.zeros(n, dtype=out.dtype)
+        signals = {k: signals[k] if on_cpu else signals[k].cpu() for k in (*policy.needs, "logits")
+                   if k in signals}
         if layer == num_layers:
+            out = predictions(signals["logits"])
+            pred = pred if pred is not None else torch.zeros(n, dtype=out.dtype)
             pred[alive] = out
             break
         if "labels" in policy.needs:
             signals["labels"] = labels[alive]
         leave = policy.step(layer, signals, pol_state, knobs)[0]
-        if leave.any():
+        if leave.any():  # predictions only where a sample leaves: one kernel less per layer
+            out = predictions(signals["logits"])
+            pred = pred if pred is not None else torch.zeros(n, dtype=out.dtype)
             gone = alive[leave]
             exit_layer[gone] = layer
             pred[gone] = out[leave]

@@ -22,15 +22,34 @@ from .backbone import LayerwiseEncoder, load_encoder
 Signals = dict[str, torch.Tensor]
 
 
+def mean_pool_weights(attention_mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """`[N, T, 1]`: 1/(number of real tokens) on real tokens, 0 on padding."""
+    m = attention_mask.unsqueeze(-1).to(dtype)
+    return m / m.sum(1, keepdim=True).clamp_min(1.0)
+
+
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str,
-         pooler: nn.Module | None = None) -> torch.Tensor:
-    """`cls`: first token through `pooler` (if any); `mean`: mean over non-padding tokens."""
+         pooler: nn.Module | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """`cls`: first token through `pooler` (if any); `mean`: mean over non-padding tokens.
+
+    `weights` (from `mean_pool_weights`) saves recomputing them from the mask at every layer.
+    """
     if mode == "mean":
-        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+        w = weights if weights is not None else mean_pool_weights(attention_mask, hidden.dtype)
+        return (hidden * w).sum(1)
     if mode == "cls":
         return pooler(hidden) if pooler is not None else hidden[:, 0]
     raise ValueError(f"unknown pooling {mode!r}; valid: cls, mean")
+
+
+def cached_pool_weights(state: dict | None, attention_mask: torch.Tensor) -> torch.Tensor | None:
+    """Mean-pooling weights kept in head `state` (batch-first, so the live engine drops exited rows
+    from it): computed at the first layer, reused by the others. None without a state."""
+    if state is None:
+        return None
+    if "mean_pool_weights" not in state:
+        state["mean_pool_weights"] = mean_pool_weights(attention_mask)
+    return state["mean_pool_weights"]
 
 
 class ExitHeads(nn.Module, ABC):
@@ -73,13 +92,21 @@ class ClassifierHeads(ExitHeads):
         self.classifiers = nn.ModuleList(nn.Linear(encoder.hidden_size, num_labels)
                                          for _ in range(self.num_layers))
 
-    def pooled(self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def pooled(self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor,
+               state: dict | None = None) -> torch.Tensor:
+        """Layer `layer`'s pooled feature `[N, H]`; `state` (optional) caches mean-pooling weights."""
+        if self.pooling == "mean":
+            return pool(hidden, attention_mask, "mean", weights=cached_pool_weights(state, attention_mask))
         pooler = self.poolers[layer - 1] if self.poolers is not None else self._shared[0]
         return pool(hidden, attention_mask, self.pooling, pooler)
 
+    def drop(self, h: torch.Tensor) -> torch.Tensor:
+        """Dropout in training; the identity otherwise, without a module call per layer."""
+        return self.dropout(h) if self.training else h
+
     def forward_layer(self, layer, hidden, attention_mask, state):
-        h = self.pooled(layer, hidden, attention_mask)
-        return {"logits": self.classifiers[layer - 1](self.dropout(h))}
+        h = self.pooled(layer, hidden, attention_mask, state)
+        return {"logits": self.classifiers[layer - 1](self.drop(h))}
 
 
 class MultiExitModel(nn.Module):

@@ -62,9 +62,9 @@ class PrototypeHeads(ClassifierHeads):
         self.register_buffer("proto_set", torch.zeros(self.num_layers, num_labels, dtype=torch.bool))
 
     def forward_layer(self, layer, hidden, attention_mask, state):
-        h = self.pooled(layer, hidden, attention_mask)
+        h = self.pooled(layer, hidden, attention_mask, state)
         z = self.projections[layer - 1](h)
-        out = {"logits": self.classifiers[layer - 1](self.dropout(h)),
+        out = {"logits": self.classifiers[layer - 1](self.drop(h)),
                "proto_dist": pairwise_distance(z, self.prototypes[layer - 1], self.distance)}
         if self.training:
             out["_z"] = z  # for DAR and the EMA update; never recorded

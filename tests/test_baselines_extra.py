@@ -350,7 +350,8 @@ def test_fastbert_head_equals_full_self_attention_first_row():
     mask[3, 2:] = 0
     with torch.no_grad():
         x = torch.tanh(head.inp(hidden))
-        q, k, v = head._split(head.q(x)), head._split(head.k(x)), head._split(head.v(x))
+        k, v = head.kv(x).split(head.width, -1)
+        q, k, v = head._split(head.q(x)), head._split(k), head._split(v)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
         scores = scores.masked_fill(~mask.bool()[:, None, None, :], torch.finfo(scores.dtype).min)
         ctx = head.out((scores.softmax(-1) @ v).transpose(1, 2).reshape(x.shape))  # every token's row

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from de3bert import engine
-from de3bert.de3 import DE3_DEFAULTS, EDRPolicy, dar_loss, de3_loss, distance_ratio, edr
+from de3bert.de3 import DE3_DEFAULTS, EDRPolicy, dar_loss, de3_loss, distance_ratio, edr, edr_score
 from de3bert.model import MultiExitModel
 from de3bert.policy import normalized_entropy
 from de3bert.prototypes import PrototypeHeads, pairwise_distance
@@ -96,6 +96,27 @@ def test_extreme_and_low_precision_inputs_are_finite():
                 assert ((t >= 0) & (t <= 1)).all()
             assert h[0].item() == pytest.approx(0.0, abs=1e-3) and h[3].item() == pytest.approx(1.0, abs=1e-3)
             assert score[0].item() == pytest.approx(0.0, abs=1e-3)  # zero entropy: confident
+
+
+def test_fused_edr_score_equals_the_three_step_definition():
+    """The policy's one-pass `edr_score` is EDR(normalized entropy, DR), including the edge cases:
+    zero and equal distances, infinite distances and logits, one-hot and uniform outputs."""
+    g = torch.Generator().manual_seed(5)
+    inf = float("inf")
+    for c in (2, 3, 5):
+        logits = torch.randn(400, c, generator=g) * torch.logspace(-3, 4, 400)[:, None]
+        dists = torch.rand(400, c, generator=g) * torch.logspace(-8, 8, 400)[:, None]
+        dists[:30] = 0.0
+        dists[30:60, 0] = dists[30:60, 1]
+        dists[60:70, 0] = inf
+        dists[70:80] = inf
+        logits[80:90, 0] = inf
+        logits[90:100] = 0.0
+        h, dr = normalized_entropy(logits), distance_ratio(dists, logits)
+        for lam in (0.25, 1.0, 4.0):
+            fused = edr_score(logits, dists, lam)
+            torch.testing.assert_close(fused, edr(h, dr, lam), atol=2e-6, rtol=1e-5)
+    assert edr_score(torch.zeros(1, 2), torch.ones(1, 2), 1.0).item() == pytest.approx(2 / 3)
 
 
 def test_edr_policy_indicators_and_exits():
