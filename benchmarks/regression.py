@@ -153,10 +153,12 @@ def benchmark_ratios(path: str | Path) -> dict[str, tuple[float, bool]]:
 
 
 def check_benchmarks(golden: str | Path, bench_json: str | Path, update: bool = False,
-                     margin: float = 0.15) -> int:
+                     margin: float = 0.15, allow_missing: bool = False) -> int:
     """Ratio floors (or ceilings) from a pytest-benchmark run: a regression is a ratio that got
-    worse than the committed bound. `update` sets bounds to the measured ratios ∓ `margin`
-    (relative), which absorbs this machine's 15–30% speed drift."""
+    worse than the committed bound. A bounded ratio absent from the run fails too (a benchmark that
+    silently stopped running), unless `allow_missing` (checking a `-k` subset on purpose).
+    `update` sets bounds to the measured ratios ∓ `margin` (relative), which absorbs this
+    machine's run-to-run noise."""
     ratios = benchmark_ratios(bench_json)
     golden = Path(golden)
     if update:
@@ -171,15 +173,22 @@ def check_benchmarks(golden: str | Path, bench_json: str | Path, update: bool = 
     if not golden.is_file():
         raise FileNotFoundError(f"no benchmark bounds at {golden}; create them with --update")
     bounds = json.loads(golden.read_text())["bounds"]
-    failed = 0
+    failed = skipped = 0
     print(f"{'ratio':<40}  {'bound':>10}  {'observed':>9}  verdict")
     for key, bound in bounds.items():
         obs = ratios.get(key)
+        limit = f">= {bound['min']}" if "min" in bound else f"<= {bound['max']}"
+        if obs is None and allow_missing:
+            skipped += 1
+            continue
         ok = obs is not None and (obs[0] >= bound["min"] if "min" in bound else obs[0] <= bound["max"])
         shown = "missing" if obs is None else f"{obs[0]:.3f}"
-        limit = f">= {bound['min']}" if "min" in bound else f"<= {bound['max']}"
         failed += not ok
         print(f"{key:<40}  {limit:>10}  {shown:>9}  {'ok' if ok else 'REGRESSION'}")
+    checked = len(bounds) - skipped
+    if checked == 0:
+        raise ValueError(f"{bench_json} has none of the {len(bounds)} bounded ratios in {golden}")
     verdict = " — REGRESSION" if failed else " — no regression"
-    print(f"{len(bounds) - failed}/{len(bounds)} ratio checks passed{verdict}")
+    note = f" ({skipped} not in this run, skipped)" if skipped else ""
+    print(f"{checked - failed}/{checked} ratio checks passed{note}{verdict}")
     return 1 if failed else 0

@@ -151,7 +151,8 @@ def cmd_check(args) -> int:
     if bool(args.results) == bool(args.benchmark_json):
         raise ValueError("give exactly one of --results (a run's results.jsonl) or --benchmark-json")
     if args.benchmark_json:
-        return check_benchmarks(args.golden, args.benchmark_json, update=args.update)
+        return check_benchmarks(args.golden, args.benchmark_json, update=args.update,
+                                allow_missing=args.allow_missing)
     return check_regression(args.golden, args.results, update=args.update, verbose=args.verbose)
 
 
@@ -190,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark-json", default="",
                    help="pytest-benchmark JSON to check against ratio bounds (see README)")
     p.add_argument("--update", action="store_true", help="refresh the golden file from these results")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="with --benchmark-json: skip bounded ratios the run lacks (a -k subset)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every check, not only failures")
     p.set_defaults(fn=cmd_check)
     return ap

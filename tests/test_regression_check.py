@@ -1,0 +1,110 @@
+"""`de3bert check-regression`: the smoke golden (exact speed-ups and histograms, metrics within
+tolerance) and the benchmark ratio bounds, on small hand-made results and benchmark files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.regression import check_benchmarks, check_regression, make_golden
+from de3bert.cli import main
+
+
+def _row(method: str, knob: float, speedup: float, hist: list[int], acc: float) -> dict:
+    return {"task": "synthetic", "method": method, "knob": {"name": "S", "value": knob}, "seed": 0,
+            "speedup_layers": speedup, "exit_histogram": hist, "metric": {"accuracy": acc}}
+
+
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+ROWS = [_row("deebert", 0.1, 1.6, [10, 20, 30, 68], 81.25), _row("pabee", 2.0, 2.0, [0, 64, 64, 0], 79.5)]
+
+
+@pytest.fixture
+def golden(tmp_path) -> Path:
+    path = tmp_path / "golden.json"
+    assert check_regression(path, _write_rows(tmp_path / "base.jsonl", ROWS), update=True) == 0
+    assert json.loads(path.read_text()) == make_golden(tmp_path / "base.jsonl")
+    return path
+
+
+def test_identical_results_pass(golden, tmp_path, capsys):
+    assert check_regression(golden, _write_rows(tmp_path / "same.jsonl", ROWS)) == 0
+    assert "6/6 checks passed — no regression" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change,failing", [
+    ({"speedup_layers": 1.600001}, "speedup_layers"),           # exact, to 6 decimals
+    ({"exit_histogram": [10, 21, 29, 68]}, "exit_histogram"),    # one sample moved
+    ({"metric": {"accuracy": 81.80}}, "accuracy"),               # 0.55 points > 0.5
+])
+def test_a_changed_row_is_a_regression(golden, tmp_path, capsys, change, failing):
+    rows = [dict(ROWS[0], **change), ROWS[1]]
+    assert check_regression(golden, _write_rows(tmp_path / "new.jsonl", rows)) == 1
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if failing in x and "REGRESSION" in x)
+    assert "deebert" in line
+    assert "5/6 checks passed — REGRESSION" in out
+
+
+def test_metric_within_tolerance_and_missing_rows(golden, tmp_path, capsys):
+    rows = [dict(ROWS[0], metric={"accuracy": 81.70}), ROWS[1]]  # 0.45 points: within ±0.5
+    assert check_regression(golden, _write_rows(tmp_path / "ok.jsonl", rows)) == 0
+    assert check_regression(golden, _write_rows(tmp_path / "short.jsonl", ROWS[:1])) == 1
+    assert "missing" in capsys.readouterr().out
+
+
+def _bench(path: Path, ratios: dict[str, float], tiny: bool = False) -> Path:
+    benchmarks = []
+    for key, ratio in ratios.items():
+        target, _, method = key.partition("/")
+        goal = "<= 0.03" if target in ("indicator overhead", "replay sweep") else ">= 0.9"
+        benchmarks.append({"name": key, "extra_info": {"target": target, "method": method or None,
+                                                       "ratio": ratio, "goal": goal, "tiny": tiny}})
+    path.write_text(json.dumps({"benchmarks": benchmarks}))
+    return path
+
+
+MEASURED = {"wall-clock fidelity/de3": 0.92, "wall-clock fidelity/deebert": 0.94, "indicator overhead": 0.04}
+
+
+def test_benchmark_bounds_update_and_check(tmp_path, capsys):
+    bounds = tmp_path / "bounds.json"
+    assert check_benchmarks(bounds, _bench(tmp_path / "a.json", MEASURED), update=True) == 0
+    saved = json.loads(bounds.read_text())["bounds"]
+    assert saved["wall-clock fidelity/de3"] == {"min": round(0.92 * 0.85, 4)}
+    assert saved["indicator overhead"] == {"max": round(0.04 * 1.15, 4)}
+    assert check_benchmarks(bounds, _bench(tmp_path / "b.json", MEASURED)) == 0
+    # the exit path got slower: fidelity below its floor, overhead above its ceiling
+    slower = {**MEASURED, "wall-clock fidelity/de3": 0.70, "indicator overhead": 0.05}
+    assert check_benchmarks(bounds, _bench(tmp_path / "c.json", slower)) == 1
+    out = capsys.readouterr().out
+    assert [x.split()[-1] for x in out.splitlines() if x.startswith(("wall-clock", "indicator"))][-3:] == \
+        ["REGRESSION", "REGRESSION", "ok"]  # sorted: overhead, de3, deebert
+    assert "1/3 ratio checks passed — REGRESSION" in out
+
+
+def test_missing_benchmarks_fail_unless_allowed(tmp_path, capsys):
+    bounds = tmp_path / "bounds.json"
+    check_benchmarks(bounds, _bench(tmp_path / "a.json", MEASURED), update=True)
+    subset = _bench(tmp_path / "subset.json", {"wall-clock fidelity/de3": 0.91})
+    assert check_benchmarks(bounds, subset) == 1
+    assert check_benchmarks(bounds, subset, allow_missing=True) == 0
+    assert "1/1 ratio checks passed (2 not in this run, skipped)" in capsys.readouterr().out
+    tiny = _bench(tmp_path / "tiny.json", MEASURED, tiny=True)  # smoke runs are never compared
+    with pytest.raises(ValueError, match="none of the 3 bounded ratios"):
+        check_benchmarks(bounds, tiny, allow_missing=True)
+
+
+def test_cli_exit_codes(golden, tmp_path, capsys):
+    same = _write_rows(tmp_path / "same.jsonl", ROWS)
+    assert main(["check-regression", "--golden", str(golden), "--results", str(same)]) == 0
+    moved = _write_rows(tmp_path / "moved.jsonl", [dict(ROWS[0], speedup_layers=1.7), ROWS[1]])
+    assert main(["check-regression", "--golden", str(golden), "--results", str(moved)]) == 1
+    assert main(["check-regression", "--golden", str(golden)]) == 2  # neither input given
+    assert "exactly one of --results" in capsys.readouterr().err
