@@ -94,11 +94,16 @@ class ExitPolicy(ABC):
 
 
 # ---- shared indicator maths (float32, no NaN for any finite or infinite logits) --------------
+def float32(t: torch.Tensor) -> torch.Tensor:
+    """`t` as float32, without a conversion call when it already is (the exit path runs per layer)."""
+    return t if t.dtype == torch.float32 else t.float()
+
+
 def finite_logits(logits: torch.Tensor) -> torch.Tensor:
     """Float32 logits with ±inf (e.g. a float16 overflow) mapped to the largest finite values, so
     softmax stays defined; NaN stays NaN (a broken model is not made to look confident)."""
     info = torch.finfo(torch.float32)
-    return logits.float().clamp(info.min, info.max)
+    return float32(logits).clamp(info.min, info.max)
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .model import ClassifierHeads
+from .policy import float32
 
 
 def pairwise_distance(z: torch.Tensor, protos: torch.Tensor, kind: str = "euclidean") -> torch.Tensor:
@@ -22,7 +23,7 @@ def pairwise_distance(z: torch.Tensor, protos: torch.Tensor, kind: str = "euclid
     batch 1), no ‖z‖² − 2z·p + ‖p‖² cancellation, a row's result independent of the batch it is
     in, and a zero gradient at zero distance. `de3bert.flops` registers its FLOPs (3·N·C·d).
     """
-    z, protos = z.float(), protos.float()
+    z, protos = float32(z), float32(protos)
     if kind == "euclidean":
         return torch.cdist(z, protos, compute_mode="donot_use_mm_for_euclid_dist")
     if kind == "cosine":
