@@ -24,8 +24,8 @@ class PastFutureHeads(ExitHeads):
     layer.
 
     The slot outputs of the layers already run only ever enter as sums (logits) and a mean (gate),
-    so head state keeps the two running sums `past_logits`, `past_gate` [N, C] and each layer adds
-    its own slot once, instead of re-running every past slot. The future predictors and slots are
+    so head state keeps their running sum `past` [N, 2C] and each layer adds its own slot once,
+    instead of re-running every past slot. The future predictors and slots are
     stacked tensors, so the L − i future targets of layer i are two matrix products, not 2(L − i)
     small ones: at batch 1 a GPFEE exit then costs a few kernels per layer rather than ~3L.
     (Training: each past slot sees one dropout mask, drawn when its layer runs.)
@@ -51,28 +51,29 @@ class PastFutureHeads(ExitHeads):
         # future_weight[j − 2] ([out, in], as nn.Linear) predicts layer j = 2..L
         self.future_weight = nn.Parameter(torch.empty(L - 1, hidden, hidden))
         self.future_bias = nn.Parameter(torch.empty(L - 1, hidden))
-        # slot j (0-based): x ↦ x·slot_logit_weight[j] + slot_logit_bias[j] (and the same for the gate)
-        self.slot_logit_weight = nn.Parameter(torch.empty(L, hidden, C))
-        self.slot_logit_bias = nn.Parameter(torch.empty(L, C))
-        self.slot_gate_weight = nn.Parameter(torch.empty(L, hidden, C))
-        self.slot_gate_bias = nn.Parameter(torch.empty(L, C))
+        # slot j (0-based): x ↦ x·slot_weight[j] + slot_bias[j], `[..., 0, :]` the C logits and
+        # `[..., 1, :]` the C gate inputs: one product gives both for the current layer, and the
+        # logit halves of the future slots j..L−1 are a strided view `[(L−j)·H, C]` (no copy)
+        self.slot_weight = nn.Parameter(torch.empty(L, hidden, 2, C))
+        self.slot_bias = nn.Parameter(torch.empty(L, 2, C))
         bound = 1.0 / hidden ** 0.5  # nn.Linear's default initialisation for fan-in H
-        for p in (self.future_weight, self.future_bias, self.slot_logit_weight, self.slot_logit_bias,
-                  self.slot_gate_weight, self.slot_gate_bias):
+        for p in (self.future_weight, self.future_bias, self.slot_weight, self.slot_bias):
             nn.init.uniform_(p, -bound, bound)
         self.gate = nn.Parameter(torch.ones(num_labels))  # A, one value per class
         self.dropout = nn.Dropout(dropout)
 
     def init_state(self, batch_size, device):
-        zeros = torch.zeros(batch_size, self.num_labels, device=device)
-        return {"past_logits": zeros, "past_gate": zeros.clone()}
+        """`past` `[N, 2C]`: sums of the past slots' outputs (C logits, then C gate inputs)."""
+        return {"past": torch.zeros(batch_size, 2 * self.num_labels, device=device)}
 
     def pooled(self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor,
                state: dict | None = None) -> torch.Tensor:
         if self.copy_pooler:
             return self.poolers[layer - 1](hidden)
         weights = cached_pool_weights(state, attention_mask) if self.pooling == "mean" else None
-        return self.poolers[layer - 1](pool(hidden, attention_mask, self.pooling, weights=weights))
+        linear = self.poolers[layer - 1][0]
+        return torch.tanh(F.linear(pool(hidden, attention_mask, self.pooling, weights=weights),
+                                   linear.weight, linear.bias))
 
     def drop(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(x) if self.training else x
@@ -86,20 +87,18 @@ class PastFutureHeads(ExitHeads):
     def forward_layer(self, layer, hidden, attention_mask, state):
         i, k, c = layer - 1, self.num_layers - layer, self.num_labels
         h = self.pooled(layer, hidden, attention_mask, state)
-        x = self.drop(h)
-        # out-of-place sums: in training, earlier layers' graphs still hold the previous ones
-        own_logits = torch.addmm(self.slot_logit_bias[i], x, self.slot_logit_weight[i])
-        past_logits = state["past_logits"] + own_logits
-        past_gate = state["past_gate"] + torch.addmm(self.slot_gate_bias[i], x, self.slot_gate_weight[i])
-        state["past_logits"], state["past_gate"] = past_logits, past_gate
-        two_lam = 2 * torch.sigmoid(self.gate * torch.tanh(past_gate / layer))
-        logits = two_lam * past_logits
+        own = torch.addmm(self.slot_bias[i].view(2 * c), self.drop(h), self.slot_weight[i].view(-1, 2 * c))
+        # out-of-place: in training, earlier layers' graphs still hold the previous sums
+        past = state["past"] = state["past"] + own
+        lam = torch.sigmoid(self.gate * torch.tanh(past[:, c:] / layer))  # gate on the past slots' mean
         out = {}
-        if k:
+        if k:  # 2λ·P + (2 − 2λ)·F = 2·lerp(F, P, λ)
             future = self.predict_future(layer, h)
-            future_logits = torch.addmm(self.slot_logit_bias[layer:].sum(0), self.drop(future),
-                                        self.slot_logit_weight[layer:].reshape(k * self.hidden_size, c))
-            logits = logits + (2 - two_lam) * future_logits
+            future_logits = torch.addmm(self.slot_bias[layer:, 0].sum(0), self.drop(future),
+                                        self.slot_weight[layer:, :, 0].reshape(k * self.hidden_size, c))
+            logits = torch.lerp(future_logits, past[:, :c], lam).mul_(2)
+        else:
+            logits = past[:, :c] * lam * 2
         out["logits"] = logits
         if self.training:
             out["_pooled"] = h

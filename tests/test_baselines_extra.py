@@ -119,9 +119,8 @@ def _spread(model, loader) -> None:
     heads = model.heads
     if hasattr(heads, "lte"):
         heads.lte.weight.mul_(30)
-    if hasattr(heads, "slot_logit_weight"):  # Past-Future's stacked slots
-        heads.slot_logit_weight.mul_(10)
-        heads.slot_gate_weight.mul_(10)
+    if hasattr(heads, "slot_weight"):  # Past-Future's stacked slots
+        heads.slot_weight.mul_(10)
     if hasattr(heads, "layers"):  # FastBERT: centre and scale each layer's logits (an exact affine map)
         z = record_signals(model, loader, progress=False)["logits"]  # [L, N, C]
         for head, zi in zip(heads.layers, z, strict=True):
@@ -282,8 +281,8 @@ def test_past_future_gate_formula(pooling):
     state = heads.init_state(3, torch.device("cpu"))
 
     def slot(j, x):  # slot j (0-based) → (C logits, C gate inputs)
-        return (x @ heads.slot_logit_weight[j] + heads.slot_logit_bias[j],
-                x @ heads.slot_gate_weight[j] + heads.slot_gate_bias[j])
+        w, b = heads.slot_weight[j], heads.slot_bias[j]  # [H, 2, C], [2, C]
+        return x @ w[:, 0] + b[0], x @ w[:, 1] + b[1]
 
     def future(j, h):  # predicted pooled feature of 1-based layer j
         return torch.tanh(h @ heads.future_weight[j - 2].T + heads.future_bias[j - 2])
@@ -299,7 +298,7 @@ def test_past_future_gate_formula(pooling):
             lam = torch.sigmoid(heads.gate * torch.tanh(torch.stack([g for _, g in past]).mean(0)))
             want = 2 * lam * sum(p for p, _ in past) + (2 - 2 * lam) * sum(fut, torch.zeros(3, c))
             assert torch.allclose(out, want, atol=1e-5)
-            assert torch.allclose(state["past_logits"], sum(p for p, _ in past), atol=1e-6)
+            assert torch.allclose(state["past"][:, :c], sum(p for p, _ in past), atol=1e-6)
         assert torch.allclose(heads.predict_future(1, pooled[0]).view(3, L - 1, 32),
                               torch.stack([future(j, pooled[0]) for j in range(2, L + 1)], 1), atol=1e-6)
 
