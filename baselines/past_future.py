@@ -75,9 +75,6 @@ class PastFutureHeads(ExitHeads):
         return torch.tanh(F.linear(pool(hidden, attention_mask, self.pooling, weights=weights),
                                    linear.weight, linear.bias))
 
-    def drop(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(x) if self.training else x
-
     def predict_future(self, layer: int, h: torch.Tensor) -> torch.Tensor:
         """ĥⱼ for j = layer+1..L from this layer's pooled h: `[N, (L − layer)·H]`, targets in order."""
         k, hid = self.num_layers - layer, self.hidden_size

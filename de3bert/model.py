@@ -65,6 +65,10 @@ class ExitHeads(nn.Module, ABC):
     def init_state(self, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
         return {}
 
+    def drop(self, x: torch.Tensor) -> torch.Tensor:
+        """`self.dropout` in training; the identity otherwise, without a module call per layer."""
+        return self.dropout(x) if self.training else x
+
     @abstractmethod
     def forward_layer(self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor,
                       state: dict[str, torch.Tensor]) -> Signals:
@@ -99,10 +103,6 @@ class ClassifierHeads(ExitHeads):
             return pool(hidden, attention_mask, "mean", weights=cached_pool_weights(state, attention_mask))
         pooler = self.poolers[layer - 1] if self.poolers is not None else self._shared[0]
         return pool(hidden, attention_mask, self.pooling, pooler)
-
-    def drop(self, h: torch.Tensor) -> torch.Tensor:
-        """Dropout in training; the identity otherwise, without a module call per layer."""
-        return self.dropout(h) if self.training else h
 
     def forward_layer(self, layer, hidden, attention_mask, state):
         h = self.pooled(layer, hidden, attention_mask, state)

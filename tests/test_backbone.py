@@ -117,6 +117,22 @@ def test_mean_pooling_ignores_padding():
     torch.testing.assert_close(pool(noisy, mask, "mean"), out)
 
 
+def test_cached_mean_pool_weights_follow_the_batch(tiny_encoder):
+    """Weights cached in head state give the uncached mean, also after the engine drops rows."""
+    heads = ClassifierHeads(tiny_encoder(), num_labels=2, pooling="mean").eval()
+    g = torch.Generator().manual_seed(2)
+    hidden = torch.randn(3, 5, 32, generator=g)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    state: dict = {}
+    first = heads.pooled(1, hidden, mask, state)
+    torch.testing.assert_close(first, pool(hidden, mask, "mean"))
+    assert state["mean_pool_weights"].shape == (3, 5, 1)
+    keep = torch.tensor([0, 2])  # what live_batch does when sample 1 exits
+    state = {k: v.index_select(0, keep) for k, v in state.items()}
+    torch.testing.assert_close(heads.pooled(2, hidden[keep], mask[keep], state),
+                               pool(hidden[keep], mask[keep], "mean"))
+
+
 def test_cls_pooling_uses_the_pooler(tiny_encoder):
     enc = tiny_encoder()
     assert enc.pooler is not None
