@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from de3bert.model import ExitHeads, MultiExitModel, cached_pool_weights, pool
+from de3bert.policy import float32
 from de3bert.recipes import Recipe, Stage, all_parameters, register_recipe, weighted_ce
 from de3bert.registry import register_method
 
@@ -93,7 +94,8 @@ class PastFutureHeads(ExitHeads):
             future = self.predict_future(layer, h)
             future_logits = torch.addmm(self.slot_bias[layer:, 0].sum(0), self.drop(future),
                                         self.slot_weight[layer:, :, 0].reshape(k * self.hidden_size, c))
-            logits = torch.lerp(future_logits, past[:, :c], lam).mul_(2)
+            # float32: under autocast the product is bf16/fp16, the running sums stay float32
+            logits = torch.lerp(float32(future_logits), past[:, :c], lam).mul_(2)
         else:
             logits = past[:, :c] * lam * 2
         out["logits"] = logits

@@ -12,7 +12,9 @@ from transformers import BertConfig, BertModel
 
 import de3bert.recipes as recipes
 import de3bert.train as train_mod
+from de3bert.backbone import LayerwiseEncoder
 from de3bert.model import MultiExitModel, build_model
+from de3bert.registry import all_methods
 from de3bert.train import TrainConfig, seed_everything, train
 
 STEPS_PER_EPOCH = 4  # train_limit 64 / batch 16
@@ -209,3 +211,27 @@ def test_two_stage_resume_between_stages(backbone_dir, tmp_path, monkeypatch):
     resumed = train(cfg)
     assert calls[0] == STEPS_PER_EPOCH * 3  # stage 2 only: three off-ramp losses per step
     _assert_same_weights(reference, _state(resumed))
+
+
+@pytest.mark.parametrize("recipe", sorted({m.recipe for m in all_methods().values()}))
+def test_every_recipe_runs_under_bf16_autocast(recipe):
+    """`accelerate launch --mixed_precision bf16` runs the forward under autocast: every recipe's
+    heads must cope with bf16 products next to float32 state (a lerp of mixed dtypes once failed)."""
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                     intermediate_size=64)
+    r = recipes.get_recipe(recipe)
+    model = r.build(LayerwiseEncoder(BertModel(cfg)), {"backbone": "t", "num_labels": 2, "pooling": "mean"})
+    ids, attn = torch.randint(1, 100, (4, 9)), torch.ones(4, 9, dtype=torch.long)
+    attn[1, 6:] = 0
+    labels = torch.tensor([0, 1, 0, 1])
+    for stage in r.stages():
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = stage.loss(model, model(ids, attn), labels, 0)
+        assert torch.isfinite(loss)
+        loss.backward()
+    model.eval()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        signals = model(ids, attn)
+    assert all(torch.isfinite(s["logits"].float()).all() for s in signals)
