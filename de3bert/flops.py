@@ -6,8 +6,7 @@ so every sample is charged for its own length. The model must use eager attentio
 the attention matmuls from the counter. Unit: FLOPs = 2 × multiply-accumulates.
 FlopCounterMode counts matrix products only; softmax/entropy/elementwise indicator work (O(C) per
 sample) is not counted, which is below 0.01% of a layer. Prototype distances (`torch.cdist`, which
-the counter does not know) are registered below at 3·N·C·d: a difference, a multiply and an add
-per coordinate.
+the counter does not know) are counted through a formula registered in `de3bert.prototypes`.
 """
 
 from __future__ import annotations
@@ -16,20 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
+from torch.utils.flop_counter import FlopCounterMode
 
 from .model import MultiExitModel
 
 LENGTHS = (16, 48, 96)
-
-
-def _cdist_flops(x1_shape, x2_shape, *args, out_shape=None, **kwargs) -> int:
-    *batch, n, d = x1_shape
-    return 3 * int(np.prod(batch, dtype=np.int64)) * n * x2_shape[-2] * d
-
-
-if torch.ops.aten._cdist_forward not in flop_registry:
-    register_flop_formula(torch.ops.aten._cdist_forward)(_cdist_flops)
 
 
 @dataclass

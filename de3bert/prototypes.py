@@ -7,13 +7,27 @@ all-reduced first so every replica holds the same prototypes.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import flop_registry, register_flop_formula
 
 from .model import ClassifierHeads
 from .policy import float32
+
+
+def _cdist_flops(x1_shape, x2_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of `torch.cdist` (Euclidean): a difference, a multiply and an add per coordinate."""
+    *batch, n, d = x1_shape
+    return 3 * math.prod(batch) * n * x2_shape[-2] * d
+
+
+# FlopCounterMode has no formula for cdist; without one, prototype distances would count as free
+if torch.ops.aten._cdist_forward not in flop_registry:
+    register_flop_formula(torch.ops.aten._cdist_forward)(_cdist_flops)
 
 
 def pairwise_distance(z: torch.Tensor, protos: torch.Tensor, kind: str = "euclidean") -> torch.Tensor:

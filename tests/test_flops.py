@@ -81,3 +81,16 @@ def test_fvcore_agrees_within_one_percent(model):
     assert set(by_op) <= {"linear", "matmul", "layer_norm"}
     fv = 2 * (by_op["linear"] + by_op["matmul"])  # fvcore counts multiply-accumulates
     assert fv == pytest.approx(layer_flops(n), rel=0.01)
+
+
+def test_de3_heads_count_projection_classifier_and_distances():
+    """DE³'s exit head at one layer: classifier 2HC + projection 2Hd + distances 3Cd (cdist has a
+    registered formula), whatever the sequence length (mean pooling is not a matrix product)."""
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=1000, hidden_size=H, num_hidden_layers=L, num_attention_heads=4,
+                     intermediate_size=I, attn_implementation="eager")
+    meta = {"num_labels": C, "pooling": "mean"}
+    de3 = get_recipe("de3").build(LayerwiseEncoder(BertModel(cfg)), meta).eval()
+    for n in (5, 40):
+        _, _, heads = count_components(de3, n)
+        assert heads == [2 * H * C + 2 * H * H + 3 * C * H] * L
