@@ -152,24 +152,36 @@ def benchmark_ratios(path: str | Path) -> dict[str, tuple[float, bool]]:
     return out
 
 
-def check_benchmarks(golden: str | Path, bench_json: str | Path, update: bool = False,
+def check_benchmarks(golden: str | Path, bench_json: str | Path | list, update: bool = False,
                      margin: float = 0.15, allow_missing: bool = False) -> int:
     """Ratio floors (or ceilings) from a pytest-benchmark run: a regression is a ratio that got
     worse than the committed bound. A bounded ratio absent from the run fails too (a benchmark that
     silently stopped running), unless `allow_missing` (checking a `-k` subset on purpose).
-    `update` sets bounds to the measured ratios ∓ `margin` (relative), which absorbs this
-    machine's run-to-run noise."""
-    ratios = benchmark_ratios(bench_json)
+    `update` sets each bound to the worst ratio over the given runs ∓ `margin` (relative): one
+    machine's small-kernel costs drift by a quarter between runs, so bounds from one run would
+    raise false alarms."""
+    files = [bench_json] if isinstance(bench_json, str | Path) else list(bench_json)
     golden = Path(golden)
     if update:
+        runs = [benchmark_ratios(f) for f in files]
+        worst: dict[str, tuple[float, bool]] = {}
+        for ratios in runs:
+            for k, (r, hi) in ratios.items():
+                if k not in worst or (r < worst[k][0] if hi else r > worst[k][0]):
+                    worst[k] = (r, hi)
         bounds = {
             k: ({"min": round(r * (1 - margin), 4)} if hi else {"max": round(r * (1 + margin), 4)})
-            for k, (r, hi) in sorted(ratios.items())
+            for k, (r, hi) in sorted(worst.items())
         }
-        text = json.dumps({"margin": margin, "bounds": bounds}, indent=1, sort_keys=True)
+        text = json.dumps({"margin": margin, "runs": [Path(f).name for f in files], "bounds": bounds},
+                          indent=1, sort_keys=True)
         golden.write_text(text + "\n")
-        print(f"benchmark bounds {golden} refreshed from {bench_json} ({len(bounds)} ratios)")
+        print(f"benchmark bounds {golden} refreshed from {len(files)} run(s) ({len(bounds)} ratios)")
         return 0
+    if len(files) != 1:
+        raise ValueError(f"check one benchmark run at a time (got {len(files)}); several runs are "
+                         "for --update")
+    ratios = benchmark_ratios(files[0])
     if not golden.is_file():
         raise FileNotFoundError(f"no benchmark bounds at {golden}; create them with --update")
     bounds = json.loads(golden.read_text())["bounds"]
@@ -187,7 +199,7 @@ def check_benchmarks(golden: str | Path, bench_json: str | Path, update: bool = 
         print(f"{key:<40}  {limit:>10}  {shown:>9}  {'ok' if ok else 'REGRESSION'}")
     checked = len(bounds) - skipped
     if checked == 0:
-        raise ValueError(f"{bench_json} has none of the {len(bounds)} bounded ratios in {golden}")
+        raise ValueError(f"{files[0]} has none of the {len(bounds)} bounded ratios in {golden}")
     verdict = " — REGRESSION" if failed else " — no regression"
     note = f" ({skipped} not in this run, skipped)" if skipped else ""
     print(f"{checked - failed}/{checked} ratio checks passed{note}{verdict}")

@@ -188,8 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-regression", help="compare results with a golden file; non-zero on regression")
     p.add_argument("--golden", required=True)
     p.add_argument("--results", default="", help="results.jsonl of the run to check (e.g. the smoke profile)")
-    p.add_argument("--benchmark-json", default="",
-                   help="pytest-benchmark JSON to check against ratio bounds (see README)")
+    p.add_argument("--benchmark-json", nargs="+", default=[],
+                   help="pytest-benchmark JSON to check against ratio bounds (see README); with "
+                        "--update, one or more runs: bounds from the worst of them")
     p.add_argument("--update", action="store_true", help="refresh the golden file from these results")
     p.add_argument("--allow-missing", action="store_true",
                    help="with --benchmark-json: skip bounded ratios the run lacks (a -k subset)")

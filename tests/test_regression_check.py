@@ -108,3 +108,18 @@ def test_cli_exit_codes(golden, tmp_path, capsys):
     assert main(["check-regression", "--golden", str(golden), "--results", str(moved)]) == 1
     assert main(["check-regression", "--golden", str(golden)]) == 2  # neither input given
     assert "exactly one of --results" in capsys.readouterr().err
+
+
+def test_bounds_from_several_runs_use_the_worst(tmp_path, capsys):
+    bounds = tmp_path / "bounds.json"
+    noisier = {**MEASURED, "wall-clock fidelity/de3": 0.88, "indicator overhead": 0.05}
+    runs = [_bench(tmp_path / "a.json", MEASURED), _bench(tmp_path / "b.json", noisier)]
+    assert check_benchmarks(bounds, runs, update=True) == 0
+    saved = json.loads(bounds.read_text())
+    assert saved["runs"] == ["a.json", "b.json"]
+    assert saved["bounds"]["wall-clock fidelity/de3"] == {"min": round(0.88 * 0.85, 4)}
+    assert saved["bounds"]["wall-clock fidelity/deebert"] == {"min": round(0.94 * 0.85, 4)}
+    assert saved["bounds"]["indicator overhead"] == {"max": round(0.05 * 1.15, 4)}
+    with pytest.raises(ValueError, match="one benchmark run at a time"):
+        check_benchmarks(bounds, runs)
+    assert main(["check-regression", "--golden", str(bounds), "--benchmark-json", str(runs[1])]) == 0
