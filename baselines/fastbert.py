@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from de3bert.model import ExitHeads, MultiExitModel
+from de3bert.model import ExitHeads, MultiExitModel, cached_in_state
 from de3bert.policy import ExitPolicy, Knob, normalized_entropy, threshold_grid
 from de3bert.recipes import Recipe, Stage, register_recipe, task_loss
 from de3bert.registry import register_method
@@ -84,9 +84,8 @@ class FastBertHeads(ExitHeads):
                                     for _ in range(num_layers))
 
     def forward_layer(self, layer, hidden, attention_mask, state):
-        if "additive_mask" not in state:
-            state["additive_mask"] = additive_padding_mask(attention_mask)
-        return {"logits": self.layers[layer - 1](hidden, attention_mask, state["additive_mask"])}
+        mask = cached_in_state(state, "additive_mask", lambda: additive_padding_mask(attention_mask))
+        return {"logits": self.layers[layer - 1](hidden, attention_mask, mask)}
 
 
 def distill_loss(model: MultiExitModel, signals, labels, step) -> torch.Tensor:

@@ -18,7 +18,7 @@ from .model import MultiExitModel
 from .policy import (
     Knob,
     ThresholdPolicy,
-    finite_logits,
+    entropy,
     float32,
     normalized_entropy,
     predictions,
@@ -47,16 +47,16 @@ def distance_ratio(proto_dist: torch.Tensor, logits: torch.Tensor) -> torch.Tens
     NaN gives 0.5. Every step is one kernel on `[N, C]` or `[N]` tensors: this runs after every
     layer.
     """
-    r1, r2 = _r1_r2(proto_dist, logits)
-    ratio = torch.addcdiv(ONE, r1 - r2, torch.maximum(r1, r2)).nan_to_num_(1.0)  # 1 + (r₁ − r₂)/max
-    return ratio.squeeze(-1).mul_(0.5)
+    return twice_dr(proto_dist, logits).nan_to_num_(1.0).mul_(0.5)
 
 
-def _r1_r2(proto_dist: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`[N, 1]` distances to the predicted class's prototype and to the nearest other one."""
+def twice_dr(proto_dist: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """2·DR = 1 + (r₁ − r₂)/max(r₁, r₂) `[N]`, on distances clamped to [EPS, float32 max]; NaN
+    stays NaN. Shared by `distance_ratio` and the fused `edr_score`."""
     d = float32(proto_dist).clamp(EPS, FLOAT_MAX)
     pred = logits.argmax(-1, keepdim=True)
-    return d.gather(-1, pred), d.scatter(-1, pred, float("inf")).amin(-1, keepdim=True)
+    r1, r2 = d.gather(-1, pred), d.scatter(-1, pred, float("inf")).amin(-1, keepdim=True)
+    return torch.addcdiv(ONE, r1 - r2, torch.maximum(r1, r2)).squeeze(-1)
 
 
 def edr(entropy_n: torch.Tensor, dr: torch.Tensor, lam: float) -> torch.Tensor:
@@ -79,10 +79,7 @@ def edr_score(logits: torch.Tensor, proto_dist: torch.Tensor, lam: float) -> tor
     after every layer runs 18 small kernels instead of 22 (tested equal to the three-step form).
     Unlike `distance_ratio` alone, a NaN distance gives NaN (never exits), like NaN logits do.
     """
-    x = finite_logits(logits)
-    s = torch.special.entr(x.softmax(-1)).sum(-1)
-    r1, r2 = _r1_r2(proto_dist, logits)
-    a = torch.addcdiv(ONE, r1 - r2, torch.maximum(r1, r2)).squeeze(-1)  # NaN stays NaN
+    s, a = entropy(logits), twice_dr(proto_dist, logits)
     log_c = math.log(logits.shape[-1])
     den = torch.add(a, s, alpha=2 * lam / log_c).clamp_min_(EPS)
     return (a * s).div_(den).mul_((lam + 1) / log_c).clamp_(0.0, 1.0)

@@ -42,14 +42,19 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str,
     raise ValueError(f"unknown pooling {mode!r}; valid: cls, mean")
 
 
+def cached_in_state(state: dict, key: str, make) -> torch.Tensor:
+    """`state[key]`, made by `make()` at the first layer of a batch and reused by the others. Head
+    state is batch-first, so the live engine drops exited rows from cached tensors too."""
+    if key not in state:
+        state[key] = make()
+    return state[key]
+
+
 def cached_pool_weights(state: dict | None, attention_mask: torch.Tensor) -> torch.Tensor | None:
-    """Mean-pooling weights kept in head `state` (batch-first, so the live engine drops exited rows
-    from it): computed at the first layer, reused by the others. None without a state."""
+    """Mean-pooling weights cached in head `state`; None without a state."""
     if state is None:
         return None
-    if "mean_pool_weights" not in state:
-        state["mean_pool_weights"] = mean_pool_weights(attention_mask)
-    return state["mean_pool_weights"]
+    return cached_in_state(state, "mean_pool_weights", lambda: mean_pool_weights(attention_mask))
 
 
 class ExitHeads(nn.Module, ABC):
