@@ -3,21 +3,22 @@ wrong; exit when that prediction u is below θ. Alternating training (`alternate
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from de3bert.method import Method
 from de3bert.model import ClassifierHeads, MultiExitModel
 from de3bert.policy import Knob, ThresholdPolicy, predictions, threshold_grid
-from de3bert.recipes import Recipe, Stage, all_parameters, register_recipe, task_loss
-from de3bert.registry import register_method
+from de3bert.recipes import Recipe, Stage, all_parameters, task_loss
 
 
 class LteHeads(ClassifierHeads):
     """DeeBERT-style off-ramps (own pooler per layer) + one LTE unit shared by every layer:
     u_i = sigmoid(w·h̃_i + b) on off-ramp i's pooled feature h̃_i, emitted as `lte` [N]."""
-
-    extra_signals = ("lte",)
 
     def __init__(self, encoder, num_labels: int, pooling: str, poolers: str = "per_layer"):
         super().__init__(encoder, num_labels, pooling, poolers=poolers)
@@ -51,14 +52,22 @@ def alternate_loss(model: MultiExitModel, signals, labels, step: int) -> torch.T
     return task + lte_loss(signals, labels)
 
 
-@register_recipe
+@dataclass(frozen=True)
+class AlternateLteOptions:
+    """Options of the `alternate-lte` recipe."""
+
+    poolers: Literal["per_layer", "shared"] = "per_layer"
+    """One pooler per off-ramp (BERxiT's code) or the backbone's shared pooler."""
+
+
 class AlternateLte(Recipe):
     """BERxiT's alternating scheme: every parameter, one stage, parity decides the task loss."""
 
     name = "alternate-lte"
+    Options = AlternateLteOptions
 
     def heads(self, encoder, meta):
-        return LteHeads(encoder, meta["num_labels"], meta["pooling"], meta.get("poolers", "per_layer"))
+        return LteHeads(encoder, meta["num_labels"], meta["pooling"], meta["poolers"])
 
     def stages(self):
         return [Stage("alternate", all_parameters, alternate_loss)]
@@ -79,5 +88,5 @@ class LtePolicy(ThresholdPolicy):
         return signals["lte"].float()
 
 
-register_method("berxit", "alternate-lte", LtePolicy,
+METHOD = Method("berxit", "alternate-lte", LtePolicy,
                 "BERxiT: learning-to-exit head u < theta (alternate-lte recipe)")

@@ -8,15 +8,16 @@ distils the teacher into the L−1 student heads with KL divergence (no labels).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from de3bert.method import Method
 from de3bert.model import ExitHeads, MultiExitModel, cached_in_state
 from de3bert.policy import ExitPolicy, Knob, normalized_entropy, threshold_grid
-from de3bert.recipes import Recipe, Stage, register_recipe, task_loss
-from de3bert.registry import register_method
+from de3bert.recipes import Recipe, Stage, task_loss
 
 
 def additive_padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -95,16 +96,26 @@ def distill_loss(model: MultiExitModel, signals, labels, step) -> torch.Tensor:
                         reduction="batchmean") for s in signals[:-1])
 
 
-@register_recipe
+@dataclass(frozen=True)
+class SelfDistillOptions:
+    """Options of the `self-distill` recipe (FastBERT's classifier)."""
+
+    fastbert_width: int = 128
+    """Width of each layer's attention classifier."""
+    fastbert_heads: int = 2
+    """Attention heads of each layer's classifier."""
+
+
 class SelfDistill(Recipe):
     """Stage 1: backbone + teacher with the task loss; stage 2: students by KL, lr × 10."""
 
     name = "self-distill"
     supports_regression = False
+    Options = SelfDistillOptions
 
     def heads(self, encoder, meta):
         return FastBertHeads(encoder.hidden_size, encoder.num_layers, meta["num_labels"],
-                             meta.get("fastbert_width", 128), meta.get("fastbert_heads", 2))
+                             meta["fastbert_width"], meta["fastbert_heads"])
 
     @staticmethod
     def _teacher(model: MultiExitModel):
@@ -136,5 +147,5 @@ class FastBertPolicy(ExitPolicy):
         return u[None, :] <= knobs.double()[:, None]
 
 
-register_method("fastbert", "self-distill", FastBertPolicy,
+METHOD = Method("fastbert", "self-distill", FastBertPolicy,
                 "FastBERT: normalized entropy <= speed on self-distilled attention heads")

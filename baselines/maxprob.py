@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from de3bert.method import Method
 from de3bert.policy import Knob, ThresholdPolicy, finite_logits
-from de3bert.registry import register_method
 
 
 class MaxProbPolicy(ThresholdPolicy):
@@ -21,4 +21,4 @@ class MaxProbPolicy(ThresholdPolicy):
         return finite_logits(signals["logits"]).softmax(-1).max(-1).values
 
 
-register_method("maxprob", "weighted", MaxProbPolicy, "Max-prob: exit when max p > c (weighted recipe)")
+METHOD = Method("maxprob", "weighted", MaxProbPolicy, "Max-prob: exit when max p > c (weighted recipe)")

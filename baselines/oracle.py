@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from de3bert.method import Method
 from de3bert.policy import ExitPolicy, Knob, predictions
-from de3bert.registry import register_method
 
 
 class OraclePolicy(ExitPolicy):
@@ -18,5 +18,5 @@ class OraclePolicy(ExitPolicy):
         return correct[None, :].expand(len(knobs), -1)
 
 
-register_method("oracle", "weighted", OraclePolicy,
+METHOD = Method("oracle", "weighted", OraclePolicy,
                 "Oracle: first correct layer (uses labels; head-room only)", report_only=True)

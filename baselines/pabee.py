@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from de3bert.method import Method
 from de3bert.policy import ExitPolicy, Knob, predictions
-from de3bert.registry import register_method
+
+
+@dataclass(frozen=True)
+class PatienceOptions:
+    """Options of PABEE's patience rule."""
+
+    regression_tolerance: float = 0.1
+    """Regression: |z_i − z_{i−1}| below this counts as agreement."""
 
 
 class PatiencePolicy(ExitPolicy):
@@ -17,6 +27,8 @@ class PatiencePolicy(ExitPolicy):
     name = "patience"
     knob = Knob("patience", 0, 1000, "smaller", integer=True)
     supports_regression = True
+    Options = PatienceOptions
+    state_keys = ("count", "prev")
 
     def grid(self):
         return list(range(1, self.num_layers))
@@ -30,7 +42,7 @@ class PatiencePolicy(ExitPolicy):
         if layer == 1:
             agree = torch.zeros_like(out, dtype=torch.bool)
         elif self.num_labels == 1:
-            agree = (out - state["prev"][0]).abs() < self.options.get("regression_tolerance", 0.1)
+            agree = (out - state["prev"][0]).abs() < self.opts.regression_tolerance
         else:
             agree = out == state["prev"][0]
         state["count"] = torch.where(agree[None, :], state["count"] + 1, torch.zeros_like(state["count"]))
@@ -39,6 +51,6 @@ class PatiencePolicy(ExitPolicy):
         return (t > 0) & (state["count"] >= t)
 
 
-register_method("pabee", "weighted", PatiencePolicy,
+METHOD = Method("pabee", "weighted", PatiencePolicy,
                 "PABEE: exit after `patience` consecutive agreeing layers (weighted recipe)",
-                regression_tolerance=0.1)
+                {"regression_tolerance": 0.1})

@@ -11,12 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from de3bert.indicators import EntropyPolicy
+from de3bert.method import Method
 from de3bert.model import ExitHeads, MultiExitModel, cached_pool_weights, pool
 from de3bert.policy import float32
-from de3bert.recipes import Recipe, Stage, all_parameters, register_recipe, weighted_ce
-from de3bert.registry import register_method
-
-from .deebert import EntropyPolicy
+from de3bert.recipes import Recipe, Stage, all_parameters, weighted_ce
 
 
 class PastFutureHeads(ExitHeads):
@@ -120,7 +119,6 @@ def past_future_loss(model: MultiExitModel, signals, labels, step) -> torch.Tens
     return 0.5 * (weighted_ce(signals, labels) + future_loss(signals))
 
 
-@register_recipe
 class PastFuture(Recipe):
     """GPFEE: one joint stage over every parameter."""
 
@@ -141,5 +139,5 @@ class PastFutureEntropyPolicy(EntropyPolicy):
     supports_regression = False
 
 
-register_method("past-future", "past-future", PastFutureEntropyPolicy,
+METHOD = Method("past-future", "past-future", PastFutureEntropyPolicy,
                 "Past-Future (GPFEE): entropy of gated past + predicted-future logits < S")

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from de3bert.method import Method
 from de3bert.policy import ExitPolicy, Knob, normalized_entropy, threshold_grid
-from de3bert.registry import register_method
+
+
+@dataclass(frozen=True)
+class PatientConfidenceOptions:
+    """Options of PCEE-BERT's rule."""
+
+    patience: int = 2
+    """Consecutive confident layers needed to exit."""
 
 
 class PatientConfidencePolicy(ExitPolicy):
@@ -13,6 +23,8 @@ class PatientConfidencePolicy(ExitPolicy):
 
     name = "patient-confidence"
     knob = Knob("tau", 0.0, 1.0, "larger")
+    Options = PatientConfidenceOptions
+    state_keys = ("count",)
 
     def grid(self):
         return threshold_grid(1.0)
@@ -23,9 +35,9 @@ class PatientConfidencePolicy(ExitPolicy):
     def step(self, layer, signals, state, knobs):
         confident = normalized_entropy(signals["logits"]).double()[None, :] < knobs.double()[:, None]
         state["count"] = torch.where(confident, state["count"] + 1, torch.zeros_like(state["count"]))
-        return state["count"] >= int(self.options.get("patience", 2))
+        return state["count"] >= self.opts.patience
 
 
-register_method("pcee", "weighted", PatientConfidencePolicy,
+METHOD = Method("pcee", "weighted", PatientConfidencePolicy,
                 "PCEE-BERT: exit after `patience` consecutive layers with normalized entropy < tau",
-                patience=2)
+                {"patience": 2})

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from de3bert.method import Method
 from de3bert.policy import ExitPolicy, Knob
-from de3bert.registry import register_method
 
 
 class StaticPolicy(ExitPolicy):
@@ -26,4 +26,4 @@ class StaticPolicy(ExitPolicy):
         return knobs.long().clamp(1, self.num_layers)[:, None].expand(len(knobs), n).clone()
 
 
-register_method("static", "weighted", StaticPolicy, "Static BERT-kL: all samples exit at layer k")
+METHOD = Method("static", "weighted", StaticPolicy, "Static BERT-kL: all samples exit at layer k")

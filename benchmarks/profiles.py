@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from de3bert.registry import METHODS, unknown_name
+
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
 
@@ -21,8 +23,8 @@ class Profile:
     """Backbone: Hub id, local path, `embedded:all-MiniLM-L6-v2`, or `tiny-random` (smoke)."""
     tasks: list[str] = field(default_factory=lambda: ["mrpc"])
     """GLUE tasks (or `synthetic`)."""
-    methods: list[str] = field(default_factory=lambda: ["deebert", "pabee"])
-    """Registered methods to evaluate (`de3bert list`)."""
+    methods: list[str] | str = "all"
+    """Registered methods to evaluate: `all` (every registered method) or a list (`de3bert list`)."""
     seeds: list[int] = field(default_factory=lambda: [42])
     """One trained model per (task, recipe, seed)."""
     train: dict = field(default_factory=dict)
@@ -37,7 +39,8 @@ class Profile:
     """Layer speed-ups at which the paper-style table picks each method's operating point."""
     timing: dict = field(default_factory=lambda: {"samples": 64, "repeats": 3, "warmup": 4,
                                                   "batch_size": 32, "methods": "all"})
-    """Live wall-clock runs at the operating points: samples, repeats, warmup, batched size, methods."""
+    """Live wall-clock runs at the operating points: samples, repeats, warmup, batched size, and
+    methods: `all`, `main` (every method that is not an ablation) or a list."""
     threads: int = 2
     """torch threads for every measurement (recorded in the results)."""
     device: str = "cpu"
@@ -69,11 +72,28 @@ class Profile:
             raise ValueError(f"{path}: the profile needs a `name`")
         for key in ("tasks", "methods", "seeds", "speedup_targets"):  # a bare string would be
             if key in data and not isinstance(data[key], list):  # iterated letter by letter
-                raise ValueError(f"{path}: `{key}` must be a list, e.g. {key}: [{data[key]}]")
-        return cls(**data)
+                if key == "methods" and data[key] == "all":
+                    continue
+                raise ValueError(f"{path}: `{key}` must be a list, e.g. {key}: [{data[key]}]"
+                                 + (" (or `all`)" if key == "methods" else ""))
+        profile = cls(**data)
+        profile.method_names()  # unknown method names fail here, before any work
+        return profile
+
+    def method_names(self) -> list[str]:
+        """The profile's methods in order: every registered one for `all`; unknown names fail."""
+        if self.methods == "all":
+            return METHODS.names()
+        valid = METHODS.names()
+        for name in [*self.methods, *self.method_tasks]:
+            if name not in valid:
+                raise unknown_name("method", name, valid)
+        return list(self.methods)
 
     def train_overrides(self, task: str) -> dict:
+        """TrainConfig fields for `task`: the shared ones, then the task's own."""
         return {**self.train, **self.task_train.get(task, {})}
 
     def methods_for(self, task: str) -> list[str]:
-        return [m for m in self.methods if task in self.method_tasks.get(m, [task])]
+        """Methods to evaluate on `task` (`method_tasks` may restrict a method to some tasks)."""
+        return [m for m in self.method_names() if task in self.method_tasks.get(m, [task])]

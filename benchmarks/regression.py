@@ -11,7 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .results import group_key, read_rows
+
 METRIC_TOLERANCE = 0.5  # points of the headline metric (percent)
+REFRESH = ("refresh the golden file on purpose: rerun the profile, then `de3bert check-regression "
+           "--golden FILE --results RESULTS --update` and commit it with a note saying why")
 
 
 def _key(row: dict) -> str:
@@ -20,34 +24,77 @@ def _key(row: dict) -> str:
     return f"{row['task']}/{row['method']}/{row['knob']['name']}={value}/seed{row['seed']}"
 
 
+def _group(row: dict) -> str:
+    task, method, seed = group_key(row)
+    return f"{task}/{method}/seed{seed}"
+
+
 def _rows(results: str | Path) -> dict[str, dict]:
-    path = Path(results)
-    if not path.is_file():
-        raise FileNotFoundError(f"no results file at {path}")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {_key(r): r for r in rows}
+    return {_key(r): r for r in read_rows(results)}
+
+
+def _operating_points(rows: dict[str, dict]) -> dict[str, dict]:
+    """{"task/method/seedS@target": knob, achieved layer speed-up, headline metric}."""
+    out = {}
+    for r in rows.values():
+        for target in r.get("operating_point") or []:
+            out[f"{_group(r)}@{target:g}"] = {"knob": r["knob"]["value"],
+                                              "speedup_layers": round(r["speedup_layers"], 6),
+                                              "metric": r["metric"][r["headline_metric"]]}
+    return dict(sorted(out.items()))
 
 
 def make_golden(results: str | Path, tolerance: float = METRIC_TOLERANCE, floors: dict | None = None) -> dict:
+    """The golden file of a run: every group, row and operating point it must reproduce."""
     rows = _rows(results)
     return {
         "tolerance": {"metric_points": tolerance},
         "floors": floors or {},
-        "rows": {
-            k: {
-                "speedup_layers": round(r["speedup_layers"], 6),
-                "exit_histogram": r["exit_histogram"],
-                "metric": r["metric"],
-            }
-            for k, r in sorted(rows.items())
-        },
+        "groups": sorted({_group(r) for r in rows.values()}),
+        "operating_points": _operating_points(rows),
+        "rows": {k: {"speedup_layers": round(r["speedup_layers"], 6), "exit_histogram": r["exit_histogram"],
+                     "metric": r["metric"]} for k, r in sorted(rows.items())},
     }
 
 
-def compare(golden: dict, rows: dict[str, dict]) -> list[tuple[str, str, str, bool]]:
-    """(check, expected, observed, ok) for every golden row and floor."""
+def _group_checks(golden: dict, rows: dict[str, dict]) -> list[tuple[str, str, str, bool]]:
+    """A result group the golden file does not know fails, and so does a golden group that is missing."""
+    have = {_group(r) for r in rows.values()}
+    want = set(golden.get("groups") or {k.rsplit("/", 2)[0] + "/" + k.rsplit("/", 1)[1]
+                                       for k in golden["rows"]})
+    checks = [(f"{g} group", "in the golden file", "new (no golden counterpart; " + REFRESH + ")", False)
+              for g in sorted(have - want)]
+    checks += [(f"{g} group", "present", "missing from the results", False) for g in sorted(want - have)]
+    return checks
+
+
+def _point_checks(golden: dict, rows: dict[str, dict], tol: float) -> list[tuple[str, str, str, bool]]:
+    """Each pinned operating point: same knob, same achieved speed-up, metric within tolerance."""
+    if "operating_points" not in golden:
+        return []
+    want, have = golden["operating_points"], _operating_points(rows)
     checks = []
-    tol = golden.get("tolerance", {}).get("metric_points", METRIC_TOLERANCE)
+    for key, g in want.items():
+        h = have.get(key)
+        if h is None:
+            checks.append((f"{key} operating point", f"knob {g['knob']}", "missing", False))
+            continue
+        checks.append((f"{key} operating point knob", f"{g['knob']}", f"{h['knob']}",
+                       h["knob"] == g["knob"] or (h["knob"] is not None and g["knob"] is not None
+                                                  and f"{h['knob']:.6g}" == f"{g['knob']:.6g}")))
+        checks.append((f"{key} operating point speedup_layers", f"{g['speedup_layers']}",
+                       f"{h['speedup_layers']}", h["speedup_layers"] == g["speedup_layers"]))
+        checks.append((f"{key} operating point metric", f"{g['metric']:.2f} ± {tol}", f"{h['metric']:.2f}",
+                       abs(h["metric"] - g["metric"]) <= tol))
+    known = set(golden.get("groups", []))  # points of unknown groups already fail as a group
+    checks += [(f"{key} operating point", "in the golden file", "new (" + REFRESH + ")", False)
+               for key in sorted(set(have) - set(want)) if key.rsplit("@", 1)[0] in known]
+    return checks
+
+
+def _row_checks(golden: dict, rows: dict[str, dict], tol: float) -> list[tuple[str, str, str, bool]]:
+    """Each golden row: exact layer speed-up and exit histogram, metrics within tolerance."""
+    checks = []
     for key, g in golden["rows"].items():
         r = rows.get(key)
         if r is None:
@@ -55,34 +102,23 @@ def compare(golden: dict, rows: dict[str, dict]) -> list[tuple[str, str, str, bo
             continue
         sp = round(r["speedup_layers"], 6)
         checks.append((f"{key} speedup_layers", f"{g['speedup_layers']}", f"{sp}", sp == g["speedup_layers"]))
-        checks.append(
-            (
-                f"{key} exit_histogram",
-                str(g["exit_histogram"]),
-                str(r["exit_histogram"]),
-                r["exit_histogram"] == g["exit_histogram"],
-            )
-        )
+        checks.append((f"{key} exit_histogram", str(g["exit_histogram"]), str(r["exit_histogram"]),
+                       r["exit_histogram"] == g["exit_histogram"]))
         for name, v in g["metric"].items():
             obs = r["metric"].get(name)
-            checks.append(
-                (
-                    f"{key} {name}",
-                    f"{v:.2f} ± {tol}",
-                    "missing" if obs is None else f"{obs:.2f}",
-                    obs is not None and abs(obs - v) <= tol,
-                )
-            )
+            checks.append((f"{key} {name}", f"{v:.2f} ± {tol}", "missing" if obs is None else f"{obs:.2f}",
+                           obs is not None and abs(obs - v) <= tol))
+    return checks
+
+
+def compare(golden: dict, rows: dict[str, dict]) -> list[tuple[str, str, str, bool]]:
+    """(check, expected, observed, ok) for every group, row, operating point and floor."""
+    tol = golden.get("tolerance", {}).get("metric_points", METRIC_TOLERANCE)
+    checks = _group_checks(golden, rows) + _row_checks(golden, rows, tol) + _point_checks(golden, rows, tol)
     for name, floor in golden.get("floors", {}).items():
         observed = _observed_ratio(rows, name)
-        checks.append(
-            (
-                f"floor {name}",
-                f"≥ {floor}",
-                "n/a" if observed is None else f"{observed:.3f}",
-                observed is not None and observed >= floor,
-            )
-        )
+        checks.append((f"floor {name}", f"≥ {floor}", "n/a" if observed is None else f"{observed:.3f}",
+                       observed is not None and observed >= floor))
     return checks
 
 
@@ -100,24 +136,10 @@ def _observed_ratio(rows: dict[str, dict], name: str) -> float | None:
     return None
 
 
-def check_regression(
-    golden: str | Path, results: str | Path, update: bool = False, verbose: bool = False
-) -> int:
-    golden = Path(golden)
-    if update:
-        old = json.loads(golden.read_text()) if golden.is_file() else {}
-        g = make_golden(
-            results, old.get("tolerance", {}).get("metric_points", METRIC_TOLERANCE), old.get("floors")
-        )
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_text(json.dumps(g, indent=1, sort_keys=True) + "\n")
-        print(f"golden file {golden} refreshed from {results} ({len(g['rows'])} rows)")
-        return 0
-    if not golden.is_file():
-        raise FileNotFoundError(f"no golden file at {golden}; create one with --update")
-    checks = compare(json.loads(golden.read_text()), _rows(results))
+def print_checks(checks: list[tuple[str, str, str, bool]], verbose: bool) -> None:
+    """The failing checks (every check with `verbose`), then a per-method summary and the verdict."""
     failed = [c for c in checks if not c[3]]
-    width = max(len(c[0]) for c in checks)
+    width = max((len(c[0]) for c in checks), default=5)
     shown = checks if verbose else failed
     if shown:
         print(f"{'check':<{width}}  {'expected':>22}  {'observed':>22}  verdict")
@@ -132,11 +154,28 @@ def check_regression(
     for group, oks in groups.items():
         bad = oks.count(False)
         print(f"{group:<24}  {len(oks):>7}  {bad:>7}  {'REGRESSION' if bad else 'ok'}")
-    print(
-        f"{len(checks) - len(failed)}/{len(checks)} checks passed"
-        + (" — REGRESSION (failing checks listed above)" if failed else " — no regression")
-    )
-    return 1 if failed else 0
+    print(f"{len(checks) - len(failed)}/{len(checks)} checks passed"
+          + (" — REGRESSION (failing checks listed above)" if failed else " — no regression"))
+
+
+def check_regression(golden: str | Path, results: str | Path, update: bool = False,
+                     verbose: bool = False) -> int:
+    """Compare a run's results with the golden file (exit 1 on any regression), or refresh it."""
+    golden = Path(golden)
+    if update:
+        old = json.loads(golden.read_text()) if golden.is_file() else {}
+        g = make_golden(results, old.get("tolerance", {}).get("metric_points", METRIC_TOLERANCE),
+                        old.get("floors"))
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(json.dumps(g, indent=1, sort_keys=True) + "\n")
+        print(f"golden file {golden} refreshed from {results} ({len(g['rows'])} rows, "
+              f"{len(g['operating_points'])} operating points)")
+        return 0
+    if not golden.is_file():
+        raise FileNotFoundError(f"no golden file at {golden}; create one with --update")
+    checks = compare(json.loads(golden.read_text()), _rows(results))
+    print_checks(checks, verbose)
+    return 1 if any(not c[3] for c in checks) else 0
 
 
 def benchmark_ratios(path: str | Path) -> dict[str, tuple[float, bool]]:

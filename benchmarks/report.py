@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -13,21 +12,45 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-ABLATIONS = ("de3-entropy", "de3-dr", "de3-nodar", "de3-noproto", "de3-lambda")
+from de3bert.registry import METHODS  # noqa: E402
+
+from .layout import RunLayout  # noqa: E402
+from .results import FULL, read_rows  # noqa: E402
 
 
-def load_rows(out: str | Path) -> pd.DataFrame:
-    path = Path(out) / "results.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def ablation_of(row: dict) -> str:
+    """The method a row's method ablates ('' for a method in its own right): recorded in the row,
+    else declared by the registered method (rows written before the field existed)."""
+    if "ablation_of" in row:
+        return row["ablation_of"] or ""
+    return METHODS.get(row["method"]).ablation_of if row["method"] in METHODS else ""
+
+
+def load_rows(out: str | Path | RunLayout) -> pd.DataFrame:
+    """A run's rows as a frame, with the headline `score` and the `ablation_of` column filled."""
+    path = out.results if isinstance(out, RunLayout) else Path(out) / "results.jsonl"
+    rows = read_rows(path)
     if not rows:
         raise ValueError(f"{path} has no rows")
+    for r in rows:
+        r["ablation_of"] = "" if r["method"] == FULL else ablation_of(r)
     df = pd.DataFrame(rows)
     df["score"] = [m[h] for m, h in zip(df["metric"], df["headline_metric"], strict=True)]
     return df
 
 
-def is_ablation(method: str) -> bool:
-    return method.startswith(ABLATIONS)
+def ablated_methods(df: pd.DataFrame) -> dict[str, list[str]]:
+    """{method: [its ablations]} for every method in the frame that has ablations."""
+    out: dict[str, list[str]] = {}
+    for method, parent in df.drop_duplicates("method")[["method", "ablation_of"]].itertuples(index=False):
+        if parent:
+            out.setdefault(parent, []).append(method)
+    return out
+
+
+def is_ablation_col(df: pd.DataFrame) -> pd.Series:
+    """Boolean mask of the frame's ablation rows."""
+    return df["ablation_of"].fillna("").astype(bool)
 
 
 def operating_table(df: pd.DataFrame, target: float, methods: list[str] | None = None) -> pd.DataFrame:
@@ -45,8 +68,8 @@ def operating_table(df: pd.DataFrame, target: float, methods: list[str] | None =
         s, sp = g["score"].mean(), g["speedup_layers"].mean()
         mark = "**" if np.isclose(s, best.get(task, np.nan)) and not g["report_only"].any() else ""
         table.setdefault(method, {})[task] = f"{mark}{s:.1f}{mark} ({sp:.2f}×)"
-    full = df[df["method"] == "full-model"].groupby("task")["score"].mean()
-    table = {"full-model": {t: f"{v:.1f} (1.00×)" for t, v in full.items()}, **table}
+    full = df[df["method"] == FULL].groupby("task")["score"].mean()
+    table = {FULL: {t: f"{v:.1f} (1.00×)" for t, v in full.items()}, **table}
     tasks = list(dict.fromkeys(df["task"]))
     return pd.DataFrame(table).T.reindex(columns=tasks).fillna("–")
 
@@ -58,7 +81,7 @@ def curve_area(df: pd.DataFrame) -> pd.DataFrame:
     the smallest of the methods' largest speed-ups, so every method is defined on the interval.
     """
     out: dict[str, dict[str, float]] = {}
-    sub = df[(df["method"] != "full-model") & ~df["report_only"].fillna(False).astype(bool)]
+    sub = df[(df["method"] != FULL) & ~df["report_only"].fillna(False).astype(bool)]
     for task, g in sub.groupby("task", sort=False):
         s_max = g.groupby("method")["speedup_layers"].max().min()
         if not s_max > 1.0:
@@ -77,16 +100,16 @@ def _latex(df: pd.DataFrame) -> str:
 
 
 def trade_off_plot(df: pd.DataFrame, path: Path, include_ablations: bool = False) -> list[Path]:
-    sub = df[(df["method"] != "full-model") & ~df["report_only"].fillna(False).astype(bool)]
+    sub = df[(df["method"] != FULL) & ~df["report_only"].fillna(False).astype(bool)]
     if not include_ablations:
-        sub = sub[~sub["method"].apply(is_ablation)]
+        sub = sub[~is_ablation_col(sub)]
     sub = sub.sort_values("speedup_layers")
     grid = sns.relplot(data=sub, x="speedup_layers", y="score", hue="method", col="task", kind="line",
                        col_order=list(dict.fromkeys(df["task"])),
                        marker="o", markersize=3, col_wrap=min(3, sub["task"].nunique()),
                        facet_kws={"sharey": False, "sharex": False}, height=3.2, aspect=1.2,
                        estimator=None, sort=True, errorbar=None)
-    full = df[df["method"] == "full-model"].groupby("task")["score"].mean()
+    full = df[df["method"] == FULL].groupby("task")["score"].mean()
     for task, ax in grid.axes_dict.items():
         if task in full:
             ax.axhline(full[task], color="grey", ls="--", lw=1)
@@ -103,7 +126,7 @@ def trade_off_plot(df: pd.DataFrame, path: Path, include_ablations: bool = False
 
 def exit_histogram_plot(df: pd.DataFrame, path: Path, target: float) -> list[Path]:
     sel = df[df["operating_point"].apply(lambda v: isinstance(v, list) and target in v)]
-    sel = sel[~sel["method"].apply(is_ablation)]
+    sel = sel[~is_ablation_col(sel)]
     recs = []
     for _, r in sel.iterrows():
         total = sum(r["exit_histogram"])
@@ -123,58 +146,68 @@ def exit_histogram_plot(df: pd.DataFrame, path: Path, target: float) -> list[Pat
     return paths
 
 
-def write_reports(out: str | Path, plots_dir: str | Path | None = None) -> list[Path]:
-    """Write DIR/tables/*.md|.tex and DIR/plots/*.png|.pdf; return the paths written."""
-    out = Path(out)
-    df = load_rows(out)
-    tables, plots = out / "tables", Path(plots_dir) if plots_dir else out / "plots"
-    tables.mkdir(parents=True, exist_ok=True)
-    plots.mkdir(parents=True, exist_ok=True)
-    targets = sorted({t for v in df["operating_point"] if isinstance(v, list) for t in v})
-    written = []
+def speed_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The three speed-ups (and live = replay) at every timed operating point."""
+    speed = df[df["speedup_wallclock"].notna() & (df["method"] != FULL)]
+    cols = ["task", "method", "knob", "speedup_layers", "speedup_flops", "speedup_layers_timed_subset",
+            "speedup_wallclock", "speedup_wallclock_b32", "speedup_wallclock_model", "live_agrees"]
+    s = speed[[c for c in cols if c in speed.columns]].copy()
+    if "speedup_layers_timed_subset" in s:
+        s["wallclock/layers (subset)"] = s["speedup_wallclock"] / s["speedup_layers_timed_subset"]
+        s = s.rename(columns={"speedup_layers_timed_subset": "layers (timed subset)"})
+    s["knob"] = s["knob"].apply(lambda k: f"{k['name']}={k['value']:.4g}")
+    return s.round(3)
+
+
+def tables_markdown(df: pd.DataFrame, targets: list[float]) -> tuple[list[str], list[str]]:
+    """The Markdown and LaTeX parts of results.md/.tex: main tables, ablations, areas, speed-ups."""
     md = ["# Early exit at equal layer speed-up", "",
           "Cells: headline dev metric (achieved layer speed-up); **bold** = best deployable method "
           "per task; the oracle uses labels (head-room only).", ""]
     tex = []
-    main = [m for m in df["method"].unique() if not is_ablation(m)]
-    ablation = [m for m in df["method"].unique() if m.startswith("de3")]
+    main = list(df[~is_ablation_col(df)]["method"].unique())
     for t in targets:
         tab = operating_table(df, t, main)
         md += [f"## Target {t:g}×", "", tab.to_markdown(), ""]
         tex += [f"% target {t:g}x", _latex(tab)]
-    for t in targets:
-        tab = operating_table(df, t, ablation)
-        if len(tab) > 1:
-            md += [f"## DE³ ablations at {t:g}×", "", tab.to_markdown(), ""]
-            tex += [f"% ablations, target {t:g}x", _latex(tab)]
+    for parent, variants in ablated_methods(df).items():
+        for t in targets:
+            tab = operating_table(df, t, [parent, *variants])
+            md += [f"## Ablations of {parent} at {t:g}×", "", tab.to_markdown(), ""]
+            tex += [f"% ablations of {parent}, target {t:g}x", _latex(tab)]
     area = curve_area(df)
     md += ["## Area under the metric-vs-speed-up curve", "",
            "Mean headline metric over layer speed-up ∈ [1, S_max] (upper envelope; S_max = smallest "
            "maximum speed-up among methods on the task).", "", area.to_markdown(), ""]
     tex += ["% area under curve", _latex(area)]
-    speed = df[df["speedup_wallclock"].notna() & (df["method"] != "full-model")]
+    speed = speed_table(df)
     if len(speed):
-        cols = ["task", "method", "knob", "speedup_layers", "speedup_flops", "speedup_layers_timed_subset",
-                "speedup_wallclock", "speedup_wallclock_b32", "speedup_wallclock_model", "live_agrees"]
-        s = speed[[c for c in cols if c in speed.columns]].copy()
-        if "speedup_layers_timed_subset" in s:
-            s["wallclock/layers (subset)"] = s["speedup_wallclock"] / s["speedup_layers_timed_subset"]
-            s = s.rename(columns={"speedup_layers_timed_subset": "layers (timed subset)"})
-        s["knob"] = s["knob"].apply(lambda k: f"{k['name']}={k['value']:.4g}")
         md += ["## Three speed-ups at the operating points", "",
                "Wall-clock: batch 1 (and batch 32 with batch shrinking), median of interleaved repeats, "
                "on the first timing samples of the dev set; `model` = timing model from per-layer costs.",
-               "", s.round(3).to_markdown(index=False), ""]
-    (tables / "results.md").write_text("\n".join(md))
-    (tables / "results.tex").write_text("\n\n".join(tex))
-    written += [tables / "results.md", tables / "results.tex"]
-    written += trade_off_plot(df, plots / "tradeoff")
-    if df["method"].apply(is_ablation).any():
-        written += trade_off_plot(df[df["method"].str.startswith("de3") | (df["method"] == "full-model")],
-                                  plots / "tradeoff_de3_ablations", include_ablations=True)
+               "", speed.to_markdown(index=False), ""]
+    return md, tex
+
+
+def write_reports(out: str | Path | RunLayout, plots_dir: str | Path | None = None) -> list[Path]:
+    """Write the run's tables (<out>/tables) and figures (the layout's plots folder)."""
+    layout = out if isinstance(out, RunLayout) else RunLayout.for_run("", out, plots_dir)
+    df = load_rows(layout)
+    layout.tables.mkdir(parents=True, exist_ok=True)
+    layout.plots.mkdir(parents=True, exist_ok=True)
+    targets = sorted({t for v in df["operating_point"] if isinstance(v, list) for t in v})
+    md, tex = tables_markdown(df, targets)
+    (layout.tables / "results.md").write_text("\n".join(md))
+    (layout.tables / "results.tex").write_text("\n\n".join(tex))
+    written = [layout.tables / "results.md", layout.tables / "results.tex"]
+    written += trade_off_plot(df, layout.plots / "tradeoff")
+    for parent, variants in ablated_methods(df).items():
+        keep = df["method"].isin([parent, *variants, FULL])
+        written += trade_off_plot(df[keep], layout.plots / f"tradeoff_{parent}_ablations",
+                                  include_ablations=True)
     if targets:
-        written += exit_histogram_plot(df, plots / "exit_histogram", max(targets))
+        written += exit_histogram_plot(df, layout.plots / "exit_histogram", max(targets))
     from .analysis import write_analysis
 
-    written += write_analysis(out)
+    written += write_analysis(layout)
     return written

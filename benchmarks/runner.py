@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import platform
 import subprocess
 import time
-from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,20 +22,28 @@ import torch
 from tqdm.auto import tqdm
 
 from de3bert.backbone import load_tokenizer
-from de3bert.data import TASK_DIRS, DataError, EncodedDataset, get_task, load_examples, make_loader
+from de3bert.data import (
+    TASK_DIRS,
+    DataError,
+    EncodedDataset,
+    get_task,
+    load_examples,
+    make_loader,
+    resolve_data_dir,
+)
 from de3bert.engine import record_signals, replay_predictions
-from de3bert.flops import DepthFlops, depth_flops, flops_speedup
+from de3bert.flops import DepthFlops, depth_flops
 from de3bert.metrics import glue_metrics
 from de3bert.model import MultiExitModel
-from de3bert.policy import refine_grid
 from de3bert.record import CorruptRecord, atomic_write_text, load_record, save_record
 from de3bert.registry import get_method
-from de3bert.timing import compare_wallclock, component_times, modelled_speedup
+from de3bert.speedup import flops_speedup, layer_speedup, modelled_speedup, operating_points, refine_grid
+from de3bert.timing import compare_wallclock, component_times
 from de3bert.train import TrainConfig, train
 
+from .layout import RunLayout
 from .profiles import Profile
-
-FULL = "full-model"
+from .results import FULL, Results
 
 
 def versions() -> dict:
@@ -62,63 +68,15 @@ def git_commit() -> str | None:
         return None
 
 
-class Results:
-    """`results.jsonl`: read once, updated per group by an atomic rewrite (temp file + rename).
-
-    Every row carries `group_size`, the number of rows of its (task, method, seed) group. On load,
-    unreadable lines and incomplete groups are dropped (after keeping a copy of the damaged file),
-    so a corrupted or truncated file is rebuilt by the re-run, never silently used.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.rows: list[dict] = []
-        if not path.is_file():
-            return
-        bad = 0
-        for raw in path.read_bytes().splitlines():  # bytes: a garbage line may not even be UTF-8
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8"))
-                _ = row["task"], row["method"], row["seed"], row["group_size"]
-                self.rows.append(row)
-            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-                bad += 1
-        sizes = Counter(self._group(r) for r in self.rows)
-        keep = [r for r in self.rows if sizes[self._group(r)] == r["group_size"]]
-        dropped = len(self.rows) - len(keep)
-        if bad or dropped:
-            backup = path.with_name(f"{path.name}.damaged-{int(time.time())}")
-            backup.write_bytes(path.read_bytes())
-            tqdm.write(f"[runner] {path}: {bad} unreadable line(s), {dropped} row(s) of incomplete groups; "
-                       f"copy kept at {backup}; those groups will be recomputed")
-            self.rows = keep
-            atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
-
-    @staticmethod
-    def _group(row: dict) -> tuple:
-        return row["task"], row["method"], row["seed"]
-
-    def done(self, task: str, method: str, seed: int) -> bool:
-        return any(self._group(r) == (task, method, seed) for r in self.rows)
-
-    def add_group(self, rows: list[dict]) -> None:
-        for r in rows:
-            r["group_size"] = len(rows)
-        self.rows.extend(rows)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
-
-
 class Runner:
     """Runs one profile into one output directory."""
 
-    def __init__(self, profile: Profile, out: str | Path, data_dir: str | None = None,
+    def __init__(self, profile: Profile, out: str | Path | RunLayout, data_dir: str | None = None,
                  progress: bool = True):
-        self.p, self.out, self.progress = profile, Path(out), progress
-        self.data_dir = data_dir or os.environ.get("GLUE_DIR") or None
-        self.results = Results(self.out / "results.jsonl")
+        self.layout = out if isinstance(out, RunLayout) else RunLayout.for_run(profile.name, out)
+        self.p, self.out, self.progress = profile, self.layout.out, progress
+        self.data_dir = resolve_data_dir(data_dir)
+        self.results = Results(self.layout.results)
         self.meta = {"versions": versions(), "git_commit": git_commit(), "device": profile.device,
                      "threads": profile.threads, "dtype": "float32", "host": platform.node(),
                      "cpu": platform.processor() or platform.machine()}
@@ -164,10 +122,11 @@ class Runner:
         if isinstance(base.get("head_options"), dict):
             base["head_options"] = json.dumps(base["head_options"])
         return TrainConfig(task=task, recipe=recipe, backbone=self.p.backbone, data_dir=self.data_dir or "",
-                           seed=seed, out_dir=str(self.out / "models" / task / f"{recipe}-s{seed}"),
+                           seed=seed, out_dir=str(self.layout.model_dir(task, recipe, seed)),
                            progress=self.progress, **base)
 
-    def model(self, task: str, recipe: str, seed: int) -> MultiExitModel:
+    def trained_model(self, task: str, recipe: str, seed: int) -> MultiExitModel:
+        """Train (or load the finished training of) one (task, recipe, seed), on the run's device."""
         return train(self.train_config(task, recipe, seed)).to(self.device)
 
     @property
@@ -186,7 +145,7 @@ class Runner:
 
     def record(self, task: str, recipe: str, seed: int, model: MultiExitModel, ds, tok) -> dict:
         """The dev record of one trained model: loaded if intact, rebuilt if missing or corrupt."""
-        path = self.out / "records" / task / f"{recipe}-s{seed}.safetensors"
+        path = self.layout.record(task, recipe, seed)
         try:
             return load_record(path)
         except FileNotFoundError:
@@ -204,7 +163,7 @@ class Runner:
         return rec
 
     def flops(self, task: str, recipe: str, seed: int) -> DepthFlops:
-        path = self.out / "models" / task / f"{recipe}-s{seed}" / "flops.json"
+        path = self.layout.model_dir(task, recipe, seed) / "flops.json"
         if path.is_file():
             d = json.loads(path.read_text())
             return DepthFlops(np.array(d["embed"]), np.array(d["layers"]), np.array(d["heads"]))
@@ -215,7 +174,7 @@ class Runner:
         return f
 
     def times(self, task: str, recipe: str, seed: int, model, items) -> dict:
-        path = self.out / "models" / task / f"{recipe}-s{seed}" / "times.json"
+        path = self.layout.model_dir(task, recipe, seed) / "times.json"
         if path.is_file():
             return json.loads(path.read_text())
         t = component_times(model, items[: min(len(items), 24)], repeats=2)
@@ -285,7 +244,7 @@ class Runner:
         for s in steps:
             if s["kind"] == "train":
                 bar.set_postfix_str(f"train {task} {s['recipe']}")
-                models[s["recipe"]] = self.model(task, s["recipe"], seed)
+                models[s["recipe"]] = self.trained_model(task, s["recipe"], seed)
                 bar.update(1)
         ds, tok = self.dev_set(task, seed)
         lengths = np.array(ds.lengths())
@@ -338,49 +297,53 @@ class Runner:
                 "knob": {"name": policy.knob.name, "value": value},
                 "metric": glue_metrics(spec.metrics, preds[k], rec["labels"]),
                 "headline_metric": spec.headline_metric,
-                "speedup_layers": float(L * n / e.sum()), "speedup_flops": sp_flops,
+                "speedup_layers": layer_speedup(e, L), "speedup_flops": sp_flops,
                 "speedup_wallclock": None, "speedup_wallclock_b32": None,
                 "speedup_wallclock_model": modelled_speedup(times, full_times, e),
                 "mean_exit_layer": float(e.mean()), "exit_histogram": hist, "gflops_per_sample": gflops,
-                "operating_point": None, "n_samples": n,
-                "policy_options": method.options, "report_only": method.report_only})
+                "operating_point": None, "n_samples": n, **method.describe()})
         self._stat(task, "replay_seconds", time.perf_counter() - t0)
         self._stat(task, "replay_groups", 1)
         self._stat(task, "knob_values", len(grid))
         self.mark_operating_points(rows, exits, name, policy, model, full_model, items)
-        side = self.out / "exits" / task / f"{name}-s{seed}.json"
+        side = self.layout.exits(task, name, seed)
         side.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(side, json.dumps({"knob": policy.knob.name, "values": grid,
                                             "exit_layers": exits.tolist()}))
         return rows
 
+    def timed(self, name: str) -> bool:
+        """Whether the profile times `name` live at its operating points (`timing.methods`)."""
+        timed = self.p.timing.get("methods", "all")
+        method = get_method(name)
+        if method.report_only:
+            return False
+        if timed == "main":
+            return not method.ablation_of
+        return timed == "all" or name in timed
+
     def mark_operating_points(self, rows, exits, name, policy, model, full_model, items) -> None:
         """For each target, the knob whose layer speed-up is the smallest ≥ target; time it live."""
-        timed = self.p.timing.get("methods", "all")
-        for target in self.p.speedup_targets:
-            ok = [i for i, r in enumerate(rows) if r["speedup_layers"] >= target - 1e-9]
-            if not ok:
-                continue
-            i = min(ok, key=lambda j: (rows[j]["speedup_layers"], j))
+        points = operating_points([r["speedup_layers"] for r in rows], self.p.speedup_targets)
+        for target, i in points.items():
             rows[i]["operating_point"] = sorted({*(rows[i]["operating_point"] or []), target})
-            if rows[i]["speedup_wallclock"] is not None or rows[i].get("report_only"):
-                continue
-            if timed != "all" and name not in timed:
-                continue
-            knob = rows[i]["knob"]["value"]
-            t1 = compare_wallclock(full_model, model, policy, knob, items, 1,
-                                   int(self.p.timing.get("repeats", 3)), int(self.p.timing.get("warmup", 4)))
-            tb = compare_wallclock(full_model, model, policy, knob, items,
-                                   int(self.p.timing.get("batch_size", 32)),
-                                   int(self.p.timing.get("repeats", 3)), 1)
-            replayed = exits[i, : len(items)].tolist()
-            rows[i].update({
-                "speedup_wallclock": t1["speedup"], "speedup_wallclock_b32": tb["speedup"],
+            if rows[i]["speedup_wallclock"] is None and self.timed(name):
+                rows[i].update(self.time_live(name, policy, rows[i]["knob"]["value"], model, full_model,
+                                              items, exits[i, : len(items)].tolist()))
+
+    def time_live(self, name, policy, knob, model, full_model, items, replayed) -> dict:
+        """Batch-1 and batched wall-clock speed-ups at one knob, and whether live exits = replay."""
+        t = self.p.timing
+        repeats = int(t.get("repeats", 3))
+        t1 = compare_wallclock(full_model, model, policy, knob, items, 1, repeats, int(t.get("warmup", 4)))
+        tb = compare_wallclock(full_model, model, policy, knob, items, int(t.get("batch_size", 32)),
+                               repeats, 1)
+        agrees = t1["exit_layers"] == replayed and tb["exit_layers"] == replayed
+        if not agrees:
+            diff = sum(a != b for a, b in zip(t1["exit_layers"], replayed, strict=True))
+            tqdm.write(f"[runner] WARNING {name}: live exits differ from replay on {diff} samples")
+        return {"speedup_wallclock": t1["speedup"], "speedup_wallclock_b32": tb["speedup"],
                 "wallclock": {k: v for k, v in t1.items() if k != "exit_layers"},
                 "wallclock_b32": {k: v for k, v in tb.items() if k != "exit_layers"},
-                "speedup_layers_timed_subset": float(model.num_layers * len(replayed) / sum(replayed)),
-                "live_agrees": t1["exit_layers"] == replayed and tb["exit_layers"] == replayed})
-            if not rows[i]["live_agrees"]:
-                diff = sum(a != b for a, b in zip(t1["exit_layers"], replayed, strict=True))
-                tqdm.write(f"[runner] WARNING {name}: live exits differ from replay on {diff} samples")
-
+                "speedup_layers_timed_subset": layer_speedup(replayed, model.num_layers),
+                "live_agrees": agrees}

@@ -1,4 +1,5 @@
-"""`de3bert list | train | eval | run | report | check-regression`.
+"""The library's commands: `de3bert list | train | eval` (the console entry, `benchmarks.cli`,
+adds `run | report | check-regression` on top; `python -m de3bert` has these alone).
 
 Flags of `train`/`eval` are generated from the `TrainConfig` dataclass (names, types, defaults
 and the one-line docstring of each field), so the CLI and the config cannot drift apart.
@@ -71,6 +72,7 @@ def cmd_eval(args) -> int:
     from .engine import record_signals, replay_predictions, run_live
     from .metrics import glue_metrics
     from .registry import get_method
+    from .speedup import layer_speedup
     from .train import train
 
     cfg = config_from(args, TrainConfig)
@@ -100,7 +102,7 @@ def cmd_eval(args) -> int:
     print(f"{policy.knob.name:>10}  {task.headline_metric:>8}  speedup_layers  mean_exit")
     for k, v in enumerate(grid):
         m = glue_metrics(task.metrics, preds[k], rec["labels"])
-        print(f"{v:>10.4g}  {m[task.headline_metric]:>8.2f}  {L * len(ds) / exits[k].sum().item():>14.3f}"
+        print(f"{v:>10.4g}  {m[task.headline_metric]:>8.2f}  {layer_speedup(exits[k], L):>14.3f}"
               f"  {exits[k].float().mean().item():>9.3f}")
     if args.live is not None:
         loader = make_loader(ds, 32, False, pad_token_id=tok.pad_token_id or 0)
@@ -108,56 +110,13 @@ def cmd_eval(args) -> int:
         rep = policy.replay(rec, [args.live])[0]
         agree = bool(torch.equal(live.exit_layers, rep))
         print(f"live run at {policy.knob.name}={args.live}: speedup_layers "
-              f"{L * len(ds) / live.exit_layers.sum().item():.3f}, replay agrees: {agree}")
+              f"{layer_speedup(live.exit_layers, L):.3f}, replay agrees: {agree}")
     return 0
 
 
-def cmd_run(args) -> int:
-    from benchmarks.profiles import Profile
-    from benchmarks.report import write_reports
-    from benchmarks.runner import Runner
-
-    profile = Profile.load(args.profile)
-    out = args.out or f"results/{profile.name}"
-    runner = Runner(profile, out, data_dir=args.data_dir, progress=not args.no_progress)
-    plan = runner.plan()
-    if args.dry_run:
-        for s in plan:
-            what = s.get("recipe") if s["kind"] == "train" else s["method"]
-            note = f"  (skip: {s['skip']})" if s["skip"] else ""
-            print(f"{s['kind']:<7} {s['task']:<10} seed {s['seed']:<4} {what}{note}")
-        n_train = sum(s["kind"] == "train" for s in plan)
-        n_rep = sum(s["kind"] == "replay" and not s["skip"] for s in plan)
-        print(f"{n_train} training runs, {n_rep} replay groups; estimated "
-              f"{runner.estimate_seconds(plan) / 60:.0f} min on this machine's profile")
-        return 0
-    runner.run()
-    paths = write_reports(out, plots_dir=args.plots_dir)
-    print("\n".join(["", f"results: {out}/results.jsonl", *[f"report:  {p}" for p in paths]]))
-    return 0
-
-
-def cmd_report(args) -> int:
-    from benchmarks.report import write_reports
-
-    for p in write_reports(args.out, plots_dir=args.plots_dir):
-        print(p)
-    return 0
-
-
-def cmd_check(args) -> int:
-    from benchmarks.regression import check_benchmarks, check_regression
-
-    if bool(args.results) == bool(args.benchmark_json):
-        raise ValueError("give exactly one of --results (a run's results.jsonl) or --benchmark-json")
-    if args.benchmark_json:
-        return check_benchmarks(args.golden, args.benchmark_json, update=args.update,
-                                allow_missing=args.allow_missing)
-    return check_regression(args.golden, args.results, update=args.update, verbose=args.verbose)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="de3bert", description=__doc__.splitlines()[0])
+def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The parser of the library's commands, and its subparsers (for the benchmark layer's)."""
+    ap = argparse.ArgumentParser(prog="de3bert", description="DE³-BERT and the early-exit baselines")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="print every registered method, one per line")
     p.add_argument("-v", "--verbose", action="store_true", help="also show recipe, knob and description")
@@ -173,34 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--live", type=float, default=None,
                            help="also run live layer-by-layer at this knob and compare with replay")
         p.set_defaults(fn=fn)
-    p = sub.add_parser("run", help="run a benchmark profile (smoke, default, paper or a YAML path)")
-    p.add_argument("--profile", default="default")
-    p.add_argument("--out", default="", help="output directory (default: results/<profile>)")
-    p.add_argument("--data-dir", default=None, help="local glue_data/ (default: $GLUE_DIR, else the Hub)")
-    p.add_argument("--plots-dir", default=None, help="where plots go (default: <out>/plots)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and an estimate, run nothing")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(fn=cmd_run)
-    p = sub.add_parser("report", help="(re)write tables and plots from <out>/results.jsonl")
-    p.add_argument("--out", required=True)
-    p.add_argument("--plots-dir", default=None)
-    p.set_defaults(fn=cmd_report)
-    p = sub.add_parser("check-regression", help="compare results with a golden file; non-zero on regression")
-    p.add_argument("--golden", required=True)
-    p.add_argument("--results", default="", help="results.jsonl of the run to check (e.g. the smoke profile)")
-    p.add_argument("--benchmark-json", nargs="+", default=[],
-                   help="pytest-benchmark JSON to check against ratio bounds (see README); with "
-                        "--update, one or more runs: bounds from the worst of them")
-    p.add_argument("--update", action="store_true", help="refresh the golden file from these results")
-    p.add_argument("--allow-missing", action="store_true",
-                   help="with --benchmark-json: skip bounded ratios the run lacks (a -k subset)")
-    p.add_argument("-v", "--verbose", action="store_true", help="print every check, not only failures")
-    p.set_defaults(fn=cmd_check)
-    return ap
+    return ap, sub
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Parse and run one command; bad input exits 2 with `error: ...` before any work."""
+    args = (parser or build_parser()[0]).parse_args(argv)
     try:
         return args.fn(args)
     except (KeyError, ValueError, FileNotFoundError, ConnectionError) as err:

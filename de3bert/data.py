@@ -178,6 +178,14 @@ def synthetic_examples(split: str, n: int, seed: int) -> list[Example]:
     return out
 
 
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str | None:
+    """The local glue_data/ folder: the given one, else $GLUE_DIR, else None (the Hub).
+
+    The one place the environment is read, so the CLI, the runner and the benchmarks agree."""
+    found = data_dir or os.environ.get("GLUE_DIR") or None
+    return str(found) if found else None
+
+
 def load_examples(task: TaskSpec, split: str, data_dir: str | os.PathLike | None = None,
                   limit: int | None = None, seed: int = 0) -> list[Example]:
     """Load `train` or `dev` examples: local dir (`data_dir` or $GLUE_DIR), else the Hub.
@@ -189,7 +197,7 @@ def load_examples(task: TaskSpec, split: str, data_dir: str | os.PathLike | None
     if task.name == "synthetic":
         examples = synthetic_examples(split, 800 if split == "train" else 400, seed)
     else:
-        data_dir = data_dir or os.environ.get("GLUE_DIR")
+        data_dir = resolve_data_dir(data_dir)
         if data_dir:
             root = Path(data_dir)
             if not root.is_dir():

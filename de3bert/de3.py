@@ -10,10 +10,13 @@ Every choice the paper's public summary leaves open is an option here with the s
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from .method import Method
 from .model import MultiExitModel
 from .policy import (
     Knob,
@@ -25,15 +28,47 @@ from .policy import (
     threshold_grid,
 )
 from .prototypes import PrototypeHeads
-from .recipes import Recipe, Stage, all_parameters, register_recipe, task_loss
-from .registry import register_method
+from .recipes import Recipe, Stage, all_parameters, task_loss
 
 EPS = 1e-12
 FLOAT_MAX = torch.finfo(torch.float32).max
 ONE = torch.ones(())  # the constant term of torch.addcdiv
-DE3_DEFAULTS = {"beta": 1.0, "gamma": 0.1, "dar": "protonet", "distance": "euclidean",
-                "temperature": 1.0, "margin": 1.0, "proto_dim": 0, "protonet": True,
-                "recompute_prototypes": True, "layer_weights": "linear"}
+
+
+@dataclass(frozen=True)
+class De3Options:
+    """Options of the `de3` recipe: every choice the paper leaves open (README, reconstruction)."""
+
+    beta: float = 1.0
+    """Weight of DAR in the loss."""
+    gamma: float = 0.1
+    """Prototype moving-average rate γ ∈ (0, 1]."""
+    dar: Literal["protonet", "margin"] = "protonet"
+    """DAR form: CE over softmax(−d/T), or a hinge with margin μ."""
+    distance: Literal["euclidean", "cosine"] = "euclidean"
+    """Distance between a mapped feature and a prototype."""
+    temperature: float = 1.0
+    """T of the protonet DAR."""
+    margin: float = 1.0
+    """μ of the margin DAR."""
+    proto_dim: int = 0
+    """Metric-space dimension d (0 = hidden size)."""
+    protonet: bool = True
+    """Learned linear map g (False: identity, the `de3-noproto` ablation)."""
+    recompute_prototypes: bool = True
+    """Exact class means over the training set after training (else EMA prototypes as trained)."""
+    layer_weights: Literal["linear", "uniform"] = "linear"
+    """Per-layer loss weights: m (linear) or 1 (uniform)."""
+
+
+@dataclass(frozen=True)
+class EDROptions:
+    """Options of the EDR policy."""
+
+    lam: float = 1.0
+    """λ ≥ 0: weight of DR in the harmonic mean (0 = normalized entropy only)."""
+    indicator: Literal["edr", "dr", "entropy"] = "edr"
+    """Which indicator to threshold (the DR-only and entropy-only ablations)."""
 
 
 # ---- the indicator -----------------------------------------------------------------------------
@@ -92,13 +127,13 @@ class EDRPolicy(ThresholdPolicy):
     needs = ("logits", "proto_dist")
     knob = Knob("tau", 0.0, 1.0, "larger")
 
-    def __init__(self, num_labels, num_layers, lam: float = 1.0, indicator: str = "edr", **options):
-        super().__init__(num_labels, num_layers, **options)
-        if not lam >= 0:
-            raise ValueError(f"lambda={lam} must be >= 0")
-        if indicator not in ("edr", "dr", "entropy"):
-            raise ValueError(f"unknown indicator {indicator!r}; valid: edr, dr, entropy")
-        self.lam, self.indicator = float(lam), indicator
+    Options = EDROptions
+
+    def __init__(self, num_labels, num_layers, options=None, **kwargs):
+        super().__init__(num_labels, num_layers, options, **kwargs)
+        if not self.opts.lam >= 0:
+            raise ValueError(f"lambda={self.opts.lam} must be >= 0")
+        self.lam, self.indicator = float(self.opts.lam), self.opts.indicator
 
     def grid(self):
         return threshold_grid(1.0)
@@ -138,17 +173,16 @@ def de3_loss(model: MultiExitModel, signals, labels, step) -> torch.Tensor:
     return total / norm
 
 
-@register_recipe
 class De3(Recipe):
     """DE³-BERT training: every parameter, layer-weighted CE + β·DAR, prototypes by EMA."""
 
     name = "de3"
     supports_regression = False
+    Options = De3Options
     overrides: dict = {}
 
     def build(self, encoder, meta):
-        meta = {**DE3_DEFAULTS, **self.overrides, **meta}
-        return super().build(encoder, meta)
+        return super().build(encoder, {**self.overrides, **meta})
 
     def heads(self, encoder, meta):
         if meta["num_labels"] < 2:
@@ -160,12 +194,11 @@ class De3(Recipe):
         return [Stage("joint", all_parameters, de3_loss)]
 
     def after_training(self, model, train_loader, accelerator=None):
-        if model.meta.get("recompute_prototypes", True):
+        if model.meta["recompute_prototypes"]:
             device = accelerator.device if accelerator is not None else None
             model.heads.recompute(model, train_loader, device)
 
 
-@register_recipe
 class De3NoDar(De3):
     """Ablation w/o DAR: β = 0 (prototypes still tracked by EMA), trained separately."""
 
@@ -173,7 +206,6 @@ class De3NoDar(De3):
     overrides = {"beta": 0.0}
 
 
-@register_recipe
 class De3NoProtonet(De3):
     """Ablation w/o prototypical network: g = identity, distances on the pooled feature."""
 
@@ -181,16 +213,19 @@ class De3NoProtonet(De3):
     overrides = {"protonet": False}
 
 
-register_method("de3", "de3", EDRPolicy, "DE³-BERT: EDR (entropy + prototype distance ratio) < tau",
-                lam=1.0)
-register_method("de3-entropy", "de3", EDRPolicy, "DE³ ablation w/o DR: normalized entropy only (λ=0)",
-                lam=0.0, indicator="entropy")
-register_method("de3-dr", "de3", EDRPolicy, "DE³ ablation: distance ratio only", indicator="dr")
-register_method("de3-nodar", "de3-nodar", EDRPolicy, "DE³ ablation w/o DAR (β=0, separate training)",
-                lam=1.0)
-register_method("de3-noproto", "de3-noproto", EDRPolicy,
-                "DE³ ablation w/o prototypical network (identity map)", lam=1.0)
-for _lam in (0.25, 0.5, 2.0, 4.0):
-    register_method(f"de3-lambda{_lam:g}", "de3", EDRPolicy, f"DE³ λ sweep: λ = {_lam:g}", lam=_lam)
+METHOD = Method("de3", "de3", EDRPolicy, "DE³-BERT: EDR (entropy + prototype distance ratio) < tau",
+                {"lam": 1.0}, family="de3")
+ABLATIONS = {m.name: m for m in (
+    Method("de3-entropy", "de3", EDRPolicy, "DE³ ablation w/o DR: normalized entropy only (λ=0)",
+           {"lam": 0.0, "indicator": "entropy"}, family="de3", ablation_of="de3"),
+    Method("de3-dr", "de3", EDRPolicy, "DE³ ablation: distance ratio only", {"indicator": "dr"},
+           family="de3", ablation_of="de3"),
+    Method("de3-nodar", "de3-nodar", EDRPolicy, "DE³ ablation w/o DAR (β=0, separate training)",
+           {"lam": 1.0}, family="de3", ablation_of="de3"),
+    Method("de3-noproto", "de3-noproto", EDRPolicy, "DE³ ablation w/o prototypical network (identity map)",
+           {"lam": 1.0}, family="de3", ablation_of="de3"),
+    *(Method(f"de3-lambda{lam:g}", "de3", EDRPolicy, f"DE³ λ sweep: λ = {lam:g}", {"lam": lam},
+             family="de3", ablation_of="de3") for lam in (0.25, 0.5, 2.0, 4.0)),
+)}
 
 __all__ = ["EDRPolicy", "distance_ratio", "edr", "edr_score", "dar_loss", "predictions"]

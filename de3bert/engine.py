@@ -78,45 +78,39 @@ def live_batch(model: MultiExitModel, policy: ExitPolicy, knobs: torch.Tensor,
     batch = to_device(batch, model)
     input_ids, attn, token_types = _inputs(batch)
     n, num_layers = input_ids.shape[0], model.num_layers
-    hidden, mask = model.encoder.embed(input_ids, attn, token_types)
-    head_state = model.heads.init_state(n, input_ids.device)
-    pol_state = policy.init_state(n, knobs)
+    pol_state = policy.new_state(n, knobs)
     alive = torch.arange(n)
     exit_layer = torch.full((n,), num_layers, dtype=torch.long)
     pred: torch.Tensor | None = None
     labels = batch["labels"].cpu()
+    wanted = (*policy.needs, "logits")
     on_cpu = input_ids.device.type == "cpu"
-    for i in range(num_layers):
-        layer = i + 1
-        hidden = model.encoder.layer(i, hidden, mask)
-        signals = model.heads.forward_layer(layer, hidden, attn, head_state)
-        signals = {k: signals[k] if on_cpu else signals[k].cpu() for k in (*policy.needs, "logits")
-                   if k in signals}
+    for layer, signals, lp in model.layer_pass(input_ids, attn, token_types):
+        signals = {k: v if on_cpu else v.cpu() for k, v in signals.items() if k in wanted}
         if layer == num_layers:
-            out = predictions(signals["logits"])
-            pred = pred if pred is not None else torch.zeros(n, dtype=out.dtype)
-            pred[alive] = out
+            pred = _place(pred, alive, predictions(signals["logits"]), n)
             break
         if "labels" in policy.needs:
             signals["labels"] = labels[alive]
         leave = policy.step(layer, signals, pol_state, knobs)[0]
         if leave.any():  # predictions only where a sample leaves: one kernel less per layer
-            out = predictions(signals["logits"])
-            pred = pred if pred is not None else torch.zeros(n, dtype=out.dtype)
             gone = alive[leave]
             exit_layer[gone] = layer
-            pred[gone] = out[leave]
+            pred = _place(pred, gone, predictions(signals["logits"])[leave], n)
             keep = (~leave).nonzero().squeeze(1)
             if keep.numel() == 0:
                 break
             alive = alive[keep]
             pol_state = {k: v.index_select(1, keep) for k, v in pol_state.items()}
-            keep = keep.to(hidden.device)
-            hidden, attn = hidden.index_select(0, keep), attn.index_select(0, keep)
-            mask = model.encoder.select(mask, keep)
-            token_types = None
-            head_state = {k: v.index_select(0, keep) for k, v in head_state.items()}
+            lp.keep(keep)
     return exit_layer, pred
+
+
+def _place(pred: torch.Tensor | None, rows: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
+    """Write `values` into rows `rows` of the prediction vector (made on first use, in their dtype)."""
+    pred = pred if pred is not None else torch.zeros(n, dtype=values.dtype)
+    pred[rows] = values
+    return pred
 
 
 def replay_predictions(record: dict[str, torch.Tensor], exit_layers: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .model import MultiExitModel
+from .model import LayerPass, MultiExitModel
 
 LENGTHS = (16, 48, 96)
 
@@ -62,13 +62,15 @@ def count_components(model: MultiExitModel, length: int) -> tuple[float, list[fl
     model.eval()
     ids = torch.full((1, length), 1, dtype=torch.long)  # any in-vocabulary id: FLOPs do not depend on it
     attn = torch.ones(1, length, dtype=torch.long)
-    emb, (hidden, mask) = _count(lambda: model.encoder.embed(ids, attn, torch.zeros_like(ids)))
-    state = model.heads.init_state(1, ids.device)
+    tokens = torch.zeros_like(ids)
+    emb, lp = _count(lambda: LayerPass(model, ids, attn, tokens))
+    passes = model.layer_pass(ids, attn, tokens, heads="none", start=lp)
     layers, heads = [], []
     for i in range(model.num_layers):
-        f, hidden = _count(lambda i=i, h=hidden: model.encoder.layer(i, h, mask))
+        f, _ = _count(lambda: next(passes))
         layers.append(f)
-        f, _ = _count(lambda i=i, h=hidden: model.heads.forward_layer(i + 1, h, attn, state))
+        f, _ = _count(lambda i=i: model.heads.forward_layer(i + 1, lp.hidden, lp.attention_mask,
+                                                            lp.head_state))
         heads.append(f)
     return emb, layers, heads
 
@@ -85,12 +87,3 @@ def depth_flops(model: MultiExitModel, lengths: tuple[int, ...] = LENGTHS) -> De
     layers = np.stack([fit(np.array([c[1][i] for c in counts])) for i in range(model.num_layers)])
     heads = np.stack([fit(np.array([c[2][i] for c in counts])) for i in range(model.num_layers)])
     return DepthFlops(embed, layers, heads)
-
-
-def flops_speedup(exit_layers: np.ndarray, lengths: np.ndarray, method: DepthFlops,
-                  full: DepthFlops) -> tuple[float, float]:
-    """(FLOPs speed-up, mean GFLOPs per sample) for exits `[N]` (1-based) against the plain model."""
-    cum = method.cumulative(lengths)  # [L, N]
-    spent = cum[np.asarray(exit_layers) - 1, np.arange(len(lengths))]
-    total_full = full.full_model(lengths).sum()
-    return float(total_full / spent.sum()), float(spent.mean() / 1e9)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -18,6 +19,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel
 
 from .backbone import LayerwiseEncoder, load_encoder
+from .options import options_dict
+from .registry import get_recipe
 
 Signals = dict[str, torch.Tensor]
 
@@ -64,11 +67,12 @@ class ExitHeads(nn.Module, ABC):
     keeps the past layers' features); the live engine drops exited rows from it.
     """
 
-    #: names of the signals `forward_layer` returns (besides `logits`, always present)
-    extra_signals: tuple[str, ...] = ()
-
     def init_state(self, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """Batch-first tensors a head carries across the layers of one pass (none by default)."""
         return {}
+
+    def after_step(self, signals: list[Signals], labels: torch.Tensor, accelerator=None) -> None:  # noqa: B027
+        """Hook after each optimizer step (DE³ moves its prototypes here); nothing by default."""
 
     def drop(self, x: torch.Tensor) -> torch.Tensor:
         """`self.dropout` in training; the identity otherwise, without a module call per layer."""
@@ -114,6 +118,25 @@ class ClassifierHeads(ExitHeads):
         return {"logits": self.classifiers[layer - 1](self.drop(h))}
 
 
+class LayerPass:
+    """What one layer-by-layer pass over a batch carries between layers; `keep` drops rows."""
+
+    def __init__(self, model: MultiExitModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 token_type_ids: torch.Tensor | None):
+        self.encoder = model.encoder
+        self.hidden, self.mask = model.encoder.embed(input_ids, attention_mask, token_type_ids)
+        self.attention_mask = attention_mask
+        self.head_state = model.heads.init_state(input_ids.shape[0], input_ids.device)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Continue with batch rows `rows` only (hidden states, masks and head state alike)."""
+        rows = rows.to(self.hidden.device)
+        self.hidden = self.hidden.index_select(0, rows)
+        self.attention_mask = self.attention_mask.index_select(0, rows)
+        self.mask = self.encoder.select(self.mask, rows)
+        self.head_state = {k: v.index_select(0, rows) for k, v in self.head_state.items()}
+
+
 class MultiExitModel(nn.Module):
     """The encoder run layer by layer with exit heads after every layer.
 
@@ -129,16 +152,29 @@ class MultiExitModel(nn.Module):
     def num_layers(self) -> int:
         return self.encoder.num_layers
 
+    def layer_pass(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   token_type_ids: torch.Tensor | None = None,
+                   heads: str = "all", start: LayerPass | None = None,
+                   ) -> Iterator[tuple[int, Signals | None, LayerPass]]:
+        """The one layer loop: embeddings, then each layer, yielding `(layer, signals, pass)`.
+
+        `heads`: `all` runs every exit head, `last` only the final one (the plain model), `none`
+        none (the caller runs them, e.g. to time or count them apart). Between layers the caller
+        may drop finished rows with `pass.keep(rows)` (live early exit). `start`: a pass whose
+        embeddings were already computed (to count or time them apart).
+        """
+        p = start if start is not None else LayerPass(self, input_ids, attention_mask, token_type_ids)
+        for i in range(self.num_layers):
+            layer = i + 1
+            p.hidden = self.encoder.layer(i, p.hidden, p.mask)
+            run = heads == "all" or (heads == "last" and layer == self.num_layers)
+            yield layer, (self.heads.forward_layer(layer, p.hidden, p.attention_mask, p.head_state)
+                          if run else None), p
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, **_) -> list[Signals]:
         """Full-depth pass (training, recording): the signals of every layer, in order."""
-        hidden, mask = self.encoder.embed(input_ids, attention_mask, token_type_ids)
-        state = self.heads.init_state(input_ids.shape[0], input_ids.device)
-        out = []
-        for i in range(self.num_layers):
-            hidden = self.encoder.layer(i, hidden, mask)
-            out.append(self.heads.forward_layer(i + 1, hidden, attention_mask, state))
-        return out
+        return [sig for _, sig, _ in self.layer_pass(input_ids, attention_mask, token_type_ids)]
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
@@ -154,8 +190,6 @@ class MultiExitModel(nn.Module):
 
         `attn_implementation="eager"` gives a copy whose attention FLOP counters can see.
         """
-        from .recipes import get_recipe
-
         d = Path(directory)
         meta = json.loads((d / "multiexit.json").read_text())
         config = AutoConfig.from_pretrained(d / "encoder")
@@ -169,10 +203,10 @@ class MultiExitModel(nn.Module):
 
 def build_model(backbone: str, recipe: str, num_labels: int, pooling: str,
                 attn_implementation: str = "sdpa", **head_options) -> MultiExitModel:
-    """Load `backbone` with AutoModel and attach the heads of `recipe`."""
-    from .recipes import get_recipe
-
+    """Load `backbone` with AutoModel and attach the heads of `recipe`; unknown options fail."""
+    rec = get_recipe(recipe)
+    opts = rec.parse_options(head_options)  # before loading anything: a typo fails fast
     encoder = LayerwiseEncoder(load_encoder(backbone, attn_implementation))
     meta = {"backbone": backbone, "recipe": recipe, "num_labels": num_labels, "pooling": pooling,
-            "attn_implementation": attn_implementation, **head_options}
-    return get_recipe(recipe).build(encoder, meta)
+            "attn_implementation": attn_implementation, **options_dict(opts)}
+    return rec.build(encoder, meta)

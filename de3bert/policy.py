@@ -12,10 +12,24 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from enum import Enum
+from typing import ClassVar
 
 import torch
 
+from .options import NoOptions, options_dict, parse_options
+
 State = dict[str, torch.Tensor]
+
+
+class Faster(str, Enum):
+    """Which direction of a knob exits earlier (and so is faster)."""
+
+    LARGER = "larger"
+    SMALLER = "smaller"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -25,9 +39,15 @@ class Knob:
     name: str
     low: float
     high: float
-    faster: str  # "larger" or "smaller": which direction exits earlier
+    faster: Faster  # which direction exits earlier; a plain "larger"/"smaller" is converted
     grid: tuple[float, ...] = ()
     integer: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "faster", Faster(self.faster))
+        except ValueError:
+            raise ValueError(f"knob {self.name}: faster={self.faster!r}; valid: larger, smaller") from None
 
     def validate(self, values) -> torch.Tensor:
         """Reject NaN and out-of-range values with a message that names the valid range."""
@@ -41,15 +61,24 @@ class Knob:
 
 
 class ExitPolicy(ABC):
-    """When a sample leaves. Subclasses set `name`, `needs`, `knob` and implement `step`."""
+    """When a sample leaves. Subclasses set `name`, `needs`, `knob` and implement `step`.
+
+    `Options` is the policy's typed options dataclass (unknown keys are rejected); `state_keys`
+    names the per-sample state tensors `init_state` returns, each `[K, N, ...]`.
+    """
 
     name: str = ""
     needs: tuple[str, ...] = ("logits",)
     knob: Knob
     supports_regression: bool = False
+    Options: ClassVar[type] = NoOptions
+    state_keys: tuple[str, ...] = ()
 
-    def __init__(self, num_labels: int, num_layers: int, **options):
-        self.num_labels, self.num_layers, self.options = num_labels, num_layers, options
+    def __init__(self, num_labels: int, num_layers: int, options=None, **kwargs):
+        self.num_labels, self.num_layers = num_labels, num_layers
+        self.opts = parse_options(self.Options, options if options is not None else kwargs,
+                                  f"policy {self.name}")
+        self.options = options_dict(self.opts)
         if num_labels == 1 and not self.supports_regression:
             raise ValueError(f"policy {self.name!r} does not support regression tasks")
 
@@ -66,8 +95,21 @@ class ExitPolicy(ABC):
 
     # -- the decision ---------------------------------------------------------------------------
     def init_state(self, n: int, knobs: torch.Tensor) -> State:
-        """Per-sample state at the start, `[K, N]` tensors."""
+        """Per-sample state at the start, `[K, N, ...]` tensors named in `state_keys`."""
         return {}
+
+    def new_state(self, n: int, knobs: torch.Tensor) -> State:
+        """`init_state`, checked against the declared contract (live and replay both call this)."""
+        state = self.init_state(n, knobs)
+        if set(state) != set(self.state_keys):
+            raise TypeError(f"policy {self.name}: init_state returned keys {sorted(state)}, "
+                            f"but state_keys declares {sorted(self.state_keys)}")
+        for key, t in state.items():
+            if t.dim() < 2 or tuple(t.shape[:2]) != (len(knobs), n):
+                raise TypeError(f"policy {self.name}: state {key!r} has shape {tuple(t.shape)}; "
+                                f"every state tensor is [K, N, ...] = [{len(knobs)}, {n}, ...] "
+                                "(K knob values, N samples)")
+        return state
 
     @abstractmethod
     def step(self, layer: int, signals: dict[str, torch.Tensor], state: State,
@@ -82,7 +124,7 @@ class ExitPolicy(ABC):
         """
         knobs = self.knob.validate(knobs)
         n = record["labels"].shape[0]
-        state = self.init_state(n, knobs)
+        state = self.new_state(n, knobs)
         exit_layer = torch.full((len(knobs), n), self.num_layers, dtype=torch.long)
         done = torch.zeros(len(knobs), n, dtype=torch.bool)
         for layer in range(1, self.num_layers):
@@ -147,38 +189,3 @@ def threshold_grid(high: float, low: float = 0.0) -> list[float]:
     tails = [span * 10 ** (e / 4) for e in range(-20, -4)]
     values |= {low + t for t in tails} | {high - t for t in tails}
     return sorted(round(v, 8) for v in values)
-
-
-def refine_grid(policy: ExitPolicy, record: dict[str, torch.Tensor], grid: list[float],
-                targets: list[float], rounds: int = 12, tolerance: float = 0.02) -> list[float]:
-    """Add knob values (by bisection) where the layer speed-up jumps over a target.
-
-    A fixed grid can step from 1.25× straight to 4× when a model's scores bunch up; bisecting
-    between the two neighbouring knob values finds an operating point within `tolerance` of the
-    target. Integer knobs are left alone. Returns the sorted, enlarged grid.
-    """
-    if policy.knob.integer or len(grid) < 2:
-        return list(grid)
-    n, L = record["labels"].shape[0], policy.num_layers
-
-    def speedup(values: list[float]) -> list[float]:
-        exits = policy.replay(record, values)
-        return (L * n / exits.sum(1).double()).tolist()
-
-    sp = dict(zip(grid, speedup(list(grid)), strict=True))
-    for target in targets:
-        for _ in range(rounds):
-            values = sorted(sp)
-            above = [sp[v] for v in values if sp[v] >= target]
-            if not above or min(above) <= target * (1 + tolerance):
-                break
-            pairs = [(a, b) for a, b in zip(values, values[1:], strict=False)
-                     if (sp[a] - target) * (sp[b] - target) < 0]
-            if not pairs:
-                break
-            a, b = min(pairs, key=lambda ab: min(sp[ab[0]], sp[ab[1]], key=lambda s: abs(s - target)))
-            mid = round((a + b) / 2, 12)
-            if mid in sp:
-                break
-            sp[mid] = speedup([mid])[0]
-    return sorted(sp)

@@ -61,8 +61,6 @@ class PrototypeHeads(ClassifierHeads):
     Emits `logits` and `proto_dist` (distance to every class prototype) per layer.
     """
 
-    extra_signals = ("proto_dist",)
-
     def __init__(self, encoder, num_labels: int, pooling: str, proto_dim: int = 0, protonet: bool = True,
                  gamma: float = 0.1, distance: str = "euclidean"):
         super().__init__(encoder, num_labels, pooling, poolers="shared")
@@ -112,14 +110,12 @@ class PrototypeHeads(ClassifierHeads):
         for batch in loader:
             if device is not None:
                 batch = {k: v.to(device) for k, v in batch.items()}
-            hidden, mask = model.encoder.embed(batch["input_ids"], batch["attention_mask"],
-                                               batch.get("token_type_ids"))
-            for i in range(self.num_layers):
-                hidden = model.encoder.layer(i, hidden, mask)
-                z = self.projections[i](self.pooled(i + 1, hidden, batch["attention_mask"])).float()
-                onehot = F.one_hot(batch["labels"].long(), self.num_labels).float()
-                total[i] += onehot.T @ z
-                count[i] += onehot.sum(0)
+            onehot = F.one_hot(batch["labels"].long(), self.num_labels).float()
+            for layer, _, p in model.layer_pass(batch["input_ids"], batch["attention_mask"],
+                                                batch.get("token_type_ids"), heads="none"):
+                z = self.projections[layer - 1](self.pooled(layer, p.hidden, p.attention_mask)).float()
+                total[layer - 1] += onehot.T @ z
+                count[layer - 1] += onehot.sum(0)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(total)
             dist.all_reduce(count)

@@ -1,7 +1,9 @@
 """Training recipes: which heads a multi-exit model has and how it is trained (losses, stages).
 
 A recipe is half of a method (the other half is an `ExitPolicy`). Methods that share a recipe
-share one trained model. New recipes register with `@register_recipe`.
+share one trained model. A recipe declares its head options as a dataclass (`Options`), so an
+unknown or mistyped option fails before training. Recipes are registered by name in
+`de3bert.registry.RECIPES` (the core's lines are in `de3bert/plugin.py`).
 """
 
 from __future__ import annotations
@@ -9,14 +11,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .model import ClassifierHeads, MultiExitModel, Signals
+from .options import NoOptions, known_subset, options_dict, parse_options
+from .registry import get_recipe
 
 LossFn = Callable[[MultiExitModel, list[Signals], torch.Tensor, int], torch.Tensor]
+__all__ = ["Recipe", "Stage", "get_recipe", "task_loss", "weighted_ce", "all_parameters"]
 
 
 @dataclass
@@ -43,6 +49,7 @@ def weighted_ce(signals: list[Signals], labels: torch.Tensor, weights: str = "li
 
 
 def all_parameters(model: MultiExitModel) -> Iterable[nn.Parameter]:
+    """Every parameter of the model (one joint stage)."""
     return model.parameters()
 
 
@@ -51,10 +58,17 @@ class Recipe(ABC):
 
     name: str = ""
     supports_regression: bool = True
+    Options: ClassVar[type] = NoOptions
+
+    def parse_options(self, values: dict | None) -> object:
+        """This recipe's typed options from a mapping; unknown keys and wrong types fail."""
+        return parse_options(self.Options, values, f"recipe {self.name}")
 
     def build(self, encoder, meta: dict) -> MultiExitModel:
         """Attach this recipe's heads to `encoder`; `meta` carries num_labels, pooling, options."""
-        return MultiExitModel(encoder, self.heads(encoder, meta), {**meta, "recipe": self.name})
+        opts = self.parse_options(known_subset(self.Options, meta))
+        meta = {**options_dict(opts), **meta, "recipe": self.name}
+        return MultiExitModel(encoder, self.heads(encoder, meta), meta)
 
     @abstractmethod
     def heads(self, encoder, meta: dict) -> nn.Module:
@@ -68,39 +82,28 @@ class Recipe(ABC):
         """Hook run once after the last stage (DE³ recomputes its prototypes here)."""
 
 
-RECIPES: dict[str, Recipe] = {}
+@dataclass(frozen=True)
+class WeightedOptions:
+    """Options of the `weighted` recipe."""
+
+    layer_weights: Literal["linear", "uniform"] = "linear"
+    """Per-layer loss weights: w_j = j (PABEE) or 1."""
 
 
-def register_recipe(cls: type[Recipe]) -> type[Recipe]:
-    RECIPES[cls.name] = cls()
-    return cls
-
-
-def get_recipe(name: str) -> Recipe:
-    from .registry import load_all
-
-    load_all()
-    if name not in RECIPES:
-        raise KeyError(f"unknown recipe {name!r}; valid recipes: {', '.join(sorted(RECIPES))}")
-    return RECIPES[name]
-
-
-@register_recipe
 class Weighted(Recipe):
     """PABEE: one joint stage, Σ_j j·CE_j / Σ_j j over all exits, every parameter trains."""
 
     name = "weighted"
+    Options = WeightedOptions
 
     def heads(self, encoder, meta):
         return ClassifierHeads(encoder, meta["num_labels"], meta["pooling"], poolers="shared")
 
     def stages(self):
         return [Stage("joint", all_parameters,
-                      lambda model, sig, y, step: weighted_ce(sig, y, model.meta.get("layer_weights",
-                                                                                     "linear")))]
+                      lambda model, sig, y, step: weighted_ce(sig, y, model.meta["layer_weights"]))]
 
 
-@register_recipe
 class Single(Recipe):
     """The plain fine-tune: one classifier on the last layer (the full-model reference)."""
 
@@ -113,7 +116,6 @@ class Single(Recipe):
         return [Stage("final", all_parameters, lambda model, sig, y, step: task_loss(sig[-1]["logits"], y))]
 
 
-@register_recipe
 class TwoStage(Recipe):
     """DeeBERT: stage 1 trains backbone + final classifier; stage 2 freezes them and trains the
     off-ramps 1..L-1 (own pooler each) with the unweighted sum of their losses."""
@@ -145,3 +147,4 @@ class TwoStage(Recipe):
             Stage("off-ramps", self._ramps,
                   lambda m, sig, y, step: sum(task_loss(s["logits"], y) for s in sig[:-1])),
         ]
+

@@ -16,19 +16,17 @@ import torch
 
 from .data import collate
 from .engine import live_batch
-from .model import MultiExitModel
+from .model import LayerPass, MultiExitModel
 from .policy import ExitPolicy
 
 
 @torch.inference_mode()
 def full_forward(model: MultiExitModel, batch: dict) -> torch.Tensor:
     """The plain model: embeddings, every layer, only the last head."""
-    ids, attn = batch["input_ids"], batch["attention_mask"]
-    hidden, mask = model.encoder.embed(ids, attn, batch.get("token_type_ids"))
-    for i in range(model.num_layers):
-        hidden = model.encoder.layer(i, hidden, mask)
-    state = model.heads.init_state(ids.shape[0], ids.device)
-    return model.heads.forward_layer(model.num_layers, hidden, attn, state)["logits"]
+    passes = model.layer_pass(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                              heads="last")
+    *_, (_, signals, _) = passes
+    return signals["logits"]
 
 
 def batches_of(items: list[dict], size: int, pad_token_id: int = 0) -> list[dict]:
@@ -82,28 +80,17 @@ def component_times(model: MultiExitModel, items: list[dict], repeats: int = 3) 
     emb, layers, heads = [], [[] for _ in range(L)], [[] for _ in range(L)]
     for _ in range(repeats):
         for b in batches_of(items, 1):
-            ids, attn = b["input_ids"], b["attention_mask"]
+            ids, attn, tokens = b["input_ids"], b["attention_mask"], b.get("token_type_ids")
             t0 = time.perf_counter()
-            hidden, mask = model.encoder.embed(ids, attn, b.get("token_type_ids"))
+            lp = LayerPass(model, ids, attn, tokens)
             emb.append(time.perf_counter() - t0)
-            state = model.heads.init_state(1, ids.device)
+            passes = model.layer_pass(ids, attn, tokens, heads="none", start=lp)
             for i in range(L):
-                t0 = time.perf_counter()
-                hidden = model.encoder.layer(i, hidden, mask)
                 t1 = time.perf_counter()
-                model.heads.forward_layer(i + 1, hidden, attn, state)
+                next(passes)
                 t2 = time.perf_counter()
-                layers[i].append(t1 - t0)
-                heads[i].append(t2 - t1)
+                model.heads.forward_layer(i + 1, lp.hidden, lp.attention_mask, lp.head_state)
+                layers[i].append(t2 - t1)
+                heads[i].append(time.perf_counter() - t2)
     med = statistics.median
     return {"embed": med(emb), "layers": [med(x) for x in layers], "heads": [med(x) for x in heads]}
-
-
-def modelled_speedup(times: dict, full_times: dict, exit_layers) -> float:
-    """Wall-clock speed-up predicted by the timing model for exits `[N]` (1-based)."""
-    import numpy as np
-
-    e = np.asarray(exit_layers)
-    cum = times["embed"] + np.cumsum(np.asarray(times["layers"]) + np.asarray(times["heads"]))
-    full = full_times["embed"] + sum(full_times["layers"]) + full_times["heads"][-1]
-    return float(full * len(e) / cum[e - 1].sum())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from de3bert import engine
-from de3bert.de3 import DE3_DEFAULTS, EDRPolicy, dar_loss, de3_loss, distance_ratio, edr, edr_score
+from de3bert.de3 import De3Options, EDRPolicy, dar_loss, de3_loss, distance_ratio, edr, edr_score
 from de3bert.model import MultiExitModel
 from de3bert.policy import normalized_entropy
 from de3bert.prototypes import PrototypeHeads, pairwise_distance
@@ -168,7 +169,7 @@ def test_de3_loss_is_the_weighted_sum():
     signals = [{"logits": torch.randn(6, 3, generator=g), "proto_dist": torch.rand(6, 3, generator=g) * 3}
                for _ in range(4)]
     y = torch.tensor([0, 1, 2, 0, 1, 2])
-    meta = {**DE3_DEFAULTS, "beta": 0.5}
+    meta = {**asdict(De3Options()), "beta": 0.5}
     model = SimpleNamespace(meta=meta, heads=SimpleNamespace(proto_set=torch.ones(4, 3, dtype=torch.bool)))
     terms = [F.cross_entropy(s["logits"], y) + 0.5 * F.cross_entropy(-s["proto_dist"], y) for s in signals]
     expected = sum((m + 1) * t for m, t in enumerate(terms)) / 10

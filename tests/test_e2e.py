@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoModel
 
+from benchmarks.cli import main
 from de3bert.backbone import LayerwiseEncoder, default_pooling, embedded_backbone_path, load_tokenizer
-from de3bert.cli import main
 
 pytestmark = pytest.mark.e2e
 

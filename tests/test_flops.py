@@ -8,8 +8,9 @@ import torch
 from transformers import BertConfig, BertModel
 
 from de3bert.backbone import LayerwiseEncoder
-from de3bert.flops import count_components, depth_flops, flops_speedup
+from de3bert.flops import count_components, depth_flops
 from de3bert.recipes import get_recipe
+from de3bert.speedup import flops_speedup
 
 H, I, L, C = 32, 64, 3, 2
 

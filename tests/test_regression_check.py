@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.cli import main
 from benchmarks.regression import check_benchmarks, check_regression, make_golden
-from de3bert.cli import main
 
 
-def _row(method: str, knob: float, speedup: float, hist: list[int], acc: float) -> dict:
+def _row(method: str, knob: float, speedup: float, hist: list[int], acc: float, op=None) -> dict:
     return {"task": "synthetic", "method": method, "knob": {"name": "S", "value": knob}, "seed": 0,
-            "speedup_layers": speedup, "exit_histogram": hist, "metric": {"accuracy": acc}}
+            "speedup_layers": speedup, "exit_histogram": hist, "metric": {"accuracy": acc},
+            "headline_metric": "accuracy", "operating_point": op, "group_size": 1}
 
 
 def _write_rows(path: Path, rows: list[dict]) -> Path:
@@ -22,7 +23,8 @@ def _write_rows(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-ROWS = [_row("deebert", 0.1, 1.6, [10, 20, 30, 68], 81.25), _row("pabee", 2.0, 2.0, [0, 64, 64, 0], 79.5)]
+ROWS = [_row("deebert", 0.1, 1.6, [10, 20, 30, 68], 81.25, [1.5]),
+        _row("pabee", 2.0, 2.0, [0, 64, 64, 0], 79.5, [1.5, 2.0])]
 
 
 @pytest.fixture
@@ -35,21 +37,22 @@ def golden(tmp_path) -> Path:
 
 def test_identical_results_pass(golden, tmp_path, capsys):
     assert check_regression(golden, _write_rows(tmp_path / "same.jsonl", ROWS)) == 0
-    assert "6/6 checks passed — no regression" in capsys.readouterr().out
+    # 6 row checks (2 rows × speed-up, histogram, accuracy) + 3 pinned points × (knob, speed-up, metric)
+    assert "15/15 checks passed — no regression" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("change,failing", [
-    ({"speedup_layers": 1.600001}, "speedup_layers"),           # exact, to 6 decimals
-    ({"exit_histogram": [10, 21, 29, 68]}, "exit_histogram"),    # one sample moved
-    ({"metric": {"accuracy": 81.80}}, "accuracy"),               # 0.55 points > 0.5
+@pytest.mark.parametrize("change,failing,passed", [
+    ({"speedup_layers": 1.600001}, "speedup_layers", 13),         # exact, to 6 decimals (row + point)
+    ({"exit_histogram": [10, 21, 29, 68]}, "exit_histogram", 14),  # one sample moved
+    ({"metric": {"accuracy": 81.80}}, "accuracy", 13),            # 0.55 points > 0.5 (row + point)
 ])
-def test_a_changed_row_is_a_regression(golden, tmp_path, capsys, change, failing):
+def test_a_changed_row_is_a_regression(golden, tmp_path, capsys, change, failing, passed):
     rows = [dict(ROWS[0], **change), ROWS[1]]
     assert check_regression(golden, _write_rows(tmp_path / "new.jsonl", rows)) == 1
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if failing in x and "REGRESSION" in x)
     assert "deebert" in line
-    assert "5/6 checks passed — REGRESSION" in out
+    assert f"{passed}/15 checks passed — REGRESSION" in out
 
 
 def test_metric_within_tolerance_and_missing_rows(golden, tmp_path, capsys):
@@ -123,3 +126,26 @@ def test_bounds_from_several_runs_use_the_worst(tmp_path, capsys):
     with pytest.raises(ValueError, match="one benchmark run at a time"):
         check_benchmarks(bounds, runs)
     assert main(["check-regression", "--golden", str(bounds), "--benchmark-json", str(runs[1])]) == 0
+
+
+def test_a_method_the_golden_file_does_not_know_fails(golden, tmp_path, capsys):
+    """A new method's group in the results is a failure until the golden file is refreshed."""
+    extra = _row("new-rule", 0.5, 1.2, [0, 0, 100, 28], 80.0)
+    assert check_regression(golden, _write_rows(tmp_path / "new.jsonl", [*ROWS, extra])) == 1
+    out = capsys.readouterr().out
+    assert "synthetic/new-rule/seed0 group" in out and "--update" in out
+
+
+def test_a_moved_operating_point_fails(golden, tmp_path, capsys):
+    """Same rows, but the 2× operating point now sits on another knob (a changed selection rule)."""
+    moved = [dict(ROWS[0], operating_point=[1.5, 2.0]), dict(ROWS[1], operating_point=[1.5])]
+    assert check_regression(golden, _write_rows(tmp_path / "moved.jsonl", moved)) == 1
+    out = capsys.readouterr().out
+    assert "synthetic/deebert/seed0@2" in out and "synthetic/pabee/seed0@2 operating point" in out
+
+
+def test_golden_pins_knob_and_speedup_of_each_operating_point(golden):
+    points = json.loads(golden.read_text())["operating_points"]
+    assert points == {"synthetic/deebert/seed0@1.5": {"knob": 0.1, "speedup_layers": 1.6, "metric": 81.25},
+                      "synthetic/pabee/seed0@1.5": {"knob": 2.0, "speedup_layers": 2.0, "metric": 79.5},
+                      "synthetic/pabee/seed0@2": {"knob": 2.0, "speedup_layers": 2.0, "metric": 79.5}}

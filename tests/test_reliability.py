@@ -29,10 +29,11 @@ import pytest
 import torch
 
 from benchmarks import runner as runner_mod
+from benchmarks.cli import main
 from benchmarks.profiles import PROFILE_DIR, Profile
-from benchmarks.runner import Results, Runner
+from benchmarks.results import Results
+from benchmarks.runner import Runner
 from de3bert import engine
-from de3bert.cli import main
 from de3bert.data import TASKS
 from de3bert.policy import ThresholdPolicy
 from de3bert.record import CorruptRecord, load_record, save_record

@@ -1,0 +1,97 @@
+"""The console entry `de3bert`: the library's commands (list, train, eval, ...) plus the benchmark
+layer's `run | report | check-regression`. The only module that starts the benchmark layer."""
+
+from __future__ import annotations
+
+import sys
+
+from de3bert.cli import build_parser
+from de3bert.cli import main as library_main
+
+
+def cmd_run(args) -> int:
+    """Run a profile (or print its plan with --dry-run), then write tables and plots."""
+    from .layout import RunLayout
+    from .profiles import Profile
+    from .report import write_reports
+    from .runner import Runner
+
+    profile = Profile.load(args.profile)
+    layout = RunLayout.for_run(profile.name, args.out or None, args.plots_dir)
+    runner = Runner(profile, layout, data_dir=args.data_dir, progress=not args.no_progress)
+    plan = runner.plan()
+    if args.dry_run:
+        for s in plan:
+            what = s.get("recipe") if s["kind"] == "train" else s["method"]
+            note = f"  (skip: {s['skip']})" if s["skip"] else ""
+            print(f"{s['kind']:<7} {s['task']:<10} seed {s['seed']:<4} {what}{note}")
+        n_train = sum(s["kind"] == "train" for s in plan)
+        n_rep = sum(s["kind"] == "replay" and not s["skip"] for s in plan)
+        print(f"{n_train} training runs, {n_rep} replay groups; estimated "
+              f"{runner.estimate_seconds(plan) / 60:.0f} min on this machine's profile")
+        return 0
+    runner.run()
+    paths = write_reports(layout)
+    print("\n".join(["", f"results: {layout.results}", *[f"report:  {p}" for p in paths]]))
+    return 0
+
+
+def cmd_report(args) -> int:
+    """Rewrite tables and plots of a finished run from its results and records."""
+    from .layout import RunLayout
+    from .report import write_reports
+
+    for p in write_reports(RunLayout.for_run("", args.out, args.plots_dir)):
+        print(p)
+    return 0
+
+
+def cmd_check(args) -> int:
+    """Compare a run (or a benchmark JSON) with a golden file; exit 1 on a regression."""
+    from .regression import check_benchmarks, check_regression
+
+    if bool(args.results) == bool(args.benchmark_json):
+        raise ValueError("give exactly one of --results (a run's results.jsonl) or --benchmark-json")
+    if args.benchmark_json:
+        return check_benchmarks(args.golden, args.benchmark_json, update=args.update,
+                                allow_missing=args.allow_missing)
+    return check_regression(args.golden, args.results, update=args.update, verbose=args.verbose)
+
+
+def add_commands(sub) -> None:
+    """The benchmark layer's subcommands."""
+    p = sub.add_parser("run", help="run a benchmark profile (smoke, default, paper or a YAML path)")
+    p.add_argument("--profile", default="default")
+    p.add_argument("--out", default="", help="output directory (default: results/<profile>)")
+    p.add_argument("--data-dir", default=None, help="local glue_data/ (default: $GLUE_DIR, else the Hub)")
+    p.add_argument("--plots-dir", default=None,
+                   help="where figures go (default: plots/<profile> for the default --out, else <out>/plots)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and an estimate, run nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("report", help="(re)write tables and plots from <out>/results.jsonl")
+    p.add_argument("--out", required=True)
+    p.add_argument("--plots-dir", default=None)
+    p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("check-regression", help="compare results with a golden file; non-zero on regression")
+    p.add_argument("--golden", required=True)
+    p.add_argument("--results", default="", help="results.jsonl of the run to check (e.g. the smoke profile)")
+    p.add_argument("--benchmark-json", nargs="+", default=[],
+                   help="pytest-benchmark JSON to check against ratio bounds (see README); with "
+                        "--update, one or more runs: bounds from the worst of them")
+    p.add_argument("--update", action="store_true", help="refresh the golden file from these results")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="with --benchmark-json: skip bounded ratios the run lacks (a -k subset)")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every check, not only failures")
+    p.set_defaults(fn=cmd_check)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`de3bert ...`: every command, library and benchmark layer alike."""
+    parser, sub = build_parser()
+    add_commands(sub)
+    return library_main(argv, parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Speed-ups and operating points: the only place either is computed.
+
+- Layer speed-up = L·N / Σ exit layers (1-based), the protocol's headline measure.
+- FLOPs speed-up = FLOPs of the plain model / FLOPs spent under early exit (per-sample lengths).
+- Modelled wall-clock speed-up from per-component batch-1 times (`de3bert.timing.component_times`).
+- Operating point for a target = the knob value whose layer speed-up is the smallest ≥ target
+  (ties: the first in grid order); `refine_grid` bisects a knob grid so such a point lies close
+  to every target.
+Runner, CLI, reports and benchmarks all call these; nothing else divides by a sum of exit layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+
+
+class _Replayable(Protocol):
+    num_layers: int
+    knob: object
+
+    def replay(self, record: dict, knobs) -> torch.Tensor: ...
+
+
+def layer_speedup(exit_layers, num_layers: int) -> float:
+    """L·N / Σ exit layers for exits `[N]` (1-based)."""
+    e = torch.as_tensor(exit_layers)
+    return float(num_layers * e.numel() / e.sum().item())
+
+
+def layer_speedups(exit_layers: torch.Tensor, num_layers: int) -> list[float]:
+    """`layer_speedup` of every row of exits `[K, N]` (one per knob value)."""
+    e = torch.as_tensor(exit_layers)
+    return (num_layers * e.shape[1] / e.sum(1).double()).tolist()
+
+
+def flops_speedup(exit_layers: np.ndarray, lengths: np.ndarray, method, full) -> tuple[float, float]:
+    """(FLOPs speed-up, mean GFLOPs per sample) for exits `[N]` against the plain model.
+
+    `method` and `full` are `de3bert.flops.DepthFlops` of the early-exit and the plain model.
+    """
+    cum = method.cumulative(lengths)  # [L, N]
+    spent = cum[np.asarray(exit_layers) - 1, np.arange(len(lengths))]
+    total_full = full.full_model(lengths).sum()
+    return float(total_full / spent.sum()), float(spent.mean() / 1e9)
+
+
+def modelled_speedup(times: dict, full_times: dict, exit_layers) -> float:
+    """Wall-clock speed-up predicted by the per-component timing model for exits `[N]`."""
+    e = np.asarray(exit_layers)
+    cum = times["embed"] + np.cumsum(np.asarray(times["layers"]) + np.asarray(times["heads"]))
+    full = full_times["embed"] + sum(full_times["layers"]) + full_times["heads"][-1]
+    return float(full * len(e) / cum[e - 1].sum())
+
+
+def operating_point(speedups: Sequence[float], target: float) -> int | None:
+    """Index of the smallest speed-up ≥ `target` (the first on ties); None if none reaches it."""
+    ok = [i for i, s in enumerate(speedups) if s >= target - 1e-9]
+    if not ok:
+        return None
+    return min(ok, key=lambda i: (speedups[i], i))
+
+
+def operating_points(speedups: Sequence[float], targets: Sequence[float]) -> dict[float, int]:
+    """{target: index} for every target some knob value reaches (see `operating_point`)."""
+    found = {t: operating_point(speedups, t) for t in targets}
+    return {t: i for t, i in found.items() if i is not None}
+
+
+def _straddling_pair(sp: dict[float, float], target: float) -> tuple[float, float] | None:
+    """Neighbouring knob values whose speed-ups straddle `target`: of all such pairs, the one
+    whose member nearer the target has the smallest speed-up."""
+    values = sorted(sp)
+    pairs = [(a, b) for a, b in zip(values, values[1:], strict=False)
+             if (sp[a] - target) * (sp[b] - target) < 0]
+    if not pairs:
+        return None
+    return min(pairs, key=lambda ab: min(sp[ab[0]], sp[ab[1]], key=lambda s: abs(s - target)))
+
+
+def refine_grid(policy: _Replayable, record: dict[str, torch.Tensor], grid: list[float],
+                targets: list[float], rounds: int = 12, tolerance: float = 0.02) -> list[float]:
+    """Add knob values (by bisection) where the layer speed-up jumps over a target.
+
+    A fixed grid can step from 1.25× straight to 4× when a model's scores bunch up; bisecting
+    between the two neighbouring knob values finds an operating point within `tolerance` of the
+    target (or stops after `rounds`). Integer knobs are left alone. Returns the sorted grid.
+    """
+    if getattr(policy.knob, "integer", False) or len(grid) < 2:
+        return list(grid)
+    L = policy.num_layers
+    sp = dict(zip(grid, layer_speedups(policy.replay(record, list(grid)), L), strict=True))
+    for target in targets:
+        for _ in range(rounds):
+            above = [s for s in sp.values() if s >= target]
+            if not above or min(above) <= target * (1 + tolerance):
+                break
+            pair = _straddling_pair(sp, target)
+            if pair is None:
+                break
+            mid = round((pair[0] + pair[1]) / 2, 12)
+            if mid in sp:
+                break
+            sp[mid] = layer_speedups(policy.replay(record, [mid]), L)[0]
+    return sorted(sp)
