@@ -51,6 +51,8 @@ def peak_rss_mb() -> float:
 
 @dataclass
 class LoadResult:
+    """One load-test run: throughput and memory at a batch size."""
+
     batch_size: int
     samples: int
     seconds: float
@@ -120,6 +122,7 @@ def leak_hook(mark: int, kb_per_sample: float, kept: list) -> Callable[[int], No
 
 
 def table(results: list[LoadResult]) -> str:
+    """The load test's results as a fixed-width table."""
     head = (f"{'batch':>5}  {'samples':>7}  {'seconds':>7}  {'samples/s':>9}  {'rss start':>9}  "
             f"{'rss mark':>8}  {'rss end':>7}  {'peak start':>10}  {'peak mark':>9}  {'peak end':>8}  "
             f"{'growth':>6}  exit histogram")
@@ -133,6 +136,7 @@ def table(results: list[LoadResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Serve samples at batch 1 and 32; exit 1 if memory grows."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks.load_test", description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=10_000)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])

@@ -100,6 +100,7 @@ def _latex(df: pd.DataFrame) -> str:
 
 
 def trade_off_plot(df: pd.DataFrame, path: Path, include_ablations: bool = False) -> list[Path]:
+    """One panel per task, one line per method: headline metric against layer speed-up."""
     sub = df[(df["method"] != FULL) & ~df["report_only"].fillna(False).astype(bool)]
     if not include_ablations:
         sub = sub[~is_ablation_col(sub)]
@@ -125,6 +126,7 @@ def trade_off_plot(df: pd.DataFrame, path: Path, include_ablations: bool = False
 
 
 def exit_histogram_plot(df: pd.DataFrame, path: Path, target: float) -> list[Path]:
+    """Share of samples leaving at each layer, per method, at one operating point."""
     sel = df[df["operating_point"].apply(lambda v: isinstance(v, list) and target in v)]
     sel = sel[~is_ablation_col(sel)]
     recs = []

@@ -47,6 +47,7 @@ from .results import FULL, Results
 
 
 def versions() -> dict:
+    """Package versions every row records (results say how they were made)."""
     import accelerate
     import datasets
     import sklearn
@@ -58,6 +59,7 @@ def versions() -> dict:
 
 
 def git_commit() -> str | None:
+    """The code's commit (with -dirty for local changes), recorded in every row."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
                              cwd=Path(__file__).parent)

@@ -72,6 +72,7 @@ def _check_local_dir(name: str, path: str) -> None:
 
 
 def load_tokenizer(name: str):
+    """The backbone's tokenizer; a folder without tokenizer files fails here, not at chance."""
     path = resolve_backbone(name)
     _check_local_dir(name, path)
     try:

@@ -28,6 +28,7 @@ def field_docs(cls) -> dict[str, str]:
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per dataclass field, with its type, default and docstring as help."""
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
@@ -40,10 +41,12 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
 
 
 def config_from(args, cls):
+    """The dataclass `cls` built from parsed flags (the inverse of `add_dataclass_flags`)."""
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
 def cmd_list(args) -> int:
+    """Print every registered method (with -v: recipe, knob, ablation, description)."""
     from .registry import all_methods
 
     for name, m in all_methods().items():
@@ -52,6 +55,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_train(args) -> int:
+    """Train one multi-exit model (the recipe of --method, or --recipe)."""
     from .registry import get_method
 
     cfg = config_from(args, TrainConfig)

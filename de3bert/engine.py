@@ -17,6 +17,8 @@ from .policy import ExitPolicy, predictions
 
 @dataclass
 class LiveResult:
+    """What a live early-exit run returns, in dataset order."""
+
     exit_layers: torch.Tensor  # [N] 1-based, in dataset order
     predictions: torch.Tensor  # [N] class ids or regression values
 

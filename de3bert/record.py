@@ -20,6 +20,7 @@ class CorruptRecord(RuntimeError):
 
 
 def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks (records can be large)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -28,6 +29,7 @@ def sha256(path: Path) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so a killed run never leaves a half-written file."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -60,5 +62,6 @@ def load_record(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def record_meta(path: str | Path) -> dict:
+    """The metadata saved with a record (task, recipe, seed, mean dev length, seconds)."""
     path = Path(path)
     return json.loads(path.with_name(path.name + ".json").read_text()).get("meta", {})

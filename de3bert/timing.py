@@ -30,6 +30,7 @@ def full_forward(model: MultiExitModel, batch: dict) -> torch.Tensor:
 
 
 def batches_of(items: list[dict], size: int, pad_token_id: int = 0) -> list[dict]:
+    """Padded batches of `size` in order (timing runs the same batches for both models)."""
     return [collate(items[i:i + size], pad_token_id) for i in range(0, len(items), size)]
 
 

@@ -139,9 +139,9 @@ def test_edr_policy_indicators_and_exits():
     assert get_method("de3").make_policy(2, 3).score(1, {"logits": logits[0], "proto_dist": dists[0]})[1] \
         .item() == pytest.approx(2 / 3)
     assert EDRPolicy.needs == ("logits", "proto_dist")
-    with pytest.raises(ValueError, match="lambda"):
+    with pytest.raises(ValueError, match="lam"):
         EDRPolicy(2, 3, lam=-1.0)
-    with pytest.raises(ValueError, match="lambda"):
+    with pytest.raises(ValueError, match="lam"):
         EDRPolicy(2, 3, lam=math.nan)
     with pytest.raises(ValueError, match="edr, dr, entropy"):
         EDRPolicy(2, 3, indicator="margin")

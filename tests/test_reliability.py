@@ -306,7 +306,7 @@ def test_failing_run_leaves_finished_results_intact(smoke_run, tmp_path, capsys)
 # ==== 2. interruptions ===========================================================================
 def _start(out: Path, log: Path) -> subprocess.Popen:
     with open(log, "ab") as fh:  # a file, not a pipe: a full pipe would stall the child
-        return subprocess.Popen([sys.executable, "-m", "de3bert", "run", "--profile", "smoke", "--out",
+        return subprocess.Popen([sys.executable, "-m", "benchmarks", "run", "--profile", "smoke", "--out",
                                  str(out), "--no-progress"], cwd=REPO, env=SUBPROCESS_ENV,
                                 stdout=subprocess.DEVNULL, stderr=fh)
 
@@ -348,7 +348,7 @@ def test_sigkill_mid_training_and_mid_sweep_then_resume(smoke_run, tmp_path):
     assert_complete_groups(results)
     assert not (out / "run.json").exists()
 
-    done = subprocess.run([sys.executable, "-m", "de3bert", "run", "--profile", "smoke", "--out", str(out),
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "run", "--profile", "smoke", "--out", str(out),
                            "--no-progress"], cwd=REPO, env=SUBPROCESS_ENV, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -639,13 +639,16 @@ def test_no_unsafe_deserialisation_in_sources():
 
 
 def test_trained_models_are_safetensors(smoke_run):
+    from de3bert.registry import all_methods
+
+    recipes = {"single"} | {m.recipe for m in all_methods().values()}  # smoke runs `methods: all`
     finals = sorted(smoke_run.glob("models/*/*/final"))
-    assert len(finals) == 7
+    assert len(finals) == len(recipes)
     for final in finals:
         files = {str(p.relative_to(final)) for p in final.rglob("*") if p.is_file()}
         assert files == {"model.safetensors", "multiexit.json", "encoder/config.json"}, (final, files)
     records = list(smoke_run.glob("records/*/*.safetensors"))
-    assert len(records) == 7
+    assert len(records) == len(recipes)
     suffixes = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
     pickled = [p for p in smoke_run.rglob("*") if p.suffix in suffixes]
     assert not pickled
