@@ -1,0 +1,570 @@
+"""Statistics for early-exit comparisons: held-out operating points, paired bootstrap, seeds, verdicts.
+
+Pure functions on arrays (numpy/scipy only). Inputs per (task, seed, method): ``exits`` [K, N]
+(1-based exit layer per knob value and dev sample), ``preds`` [K, N], ``labels`` [N], the number of
+layers L and a headline metric. Layer speed-up of a set of samples = L·n / Σ exit layers; the
+operating point for a target is the knob whose speed-up on the *selection* data is the smallest
+≥ target (ties → the first; when no knob reaches it, the fastest knob, flagged ``reached=False``).
+
+Protocols (recorded in every result): ``crossfit`` (default; knob chosen on the other folds, every
+sample scored with a knob chosen without it), ``dev`` (tuned and scored on the same split, the
+literature's optimistic protocol) and ``train-holdout`` (chosen on a separate holdout record).
+
+The bootstrap resamples dev indices with a seeded ``np.random.Generator``; one index matrix serves
+every method (paired) and the whole selection is redone inside every replicate. A sample keeps its
+fold when resampled, so copies of one sample never sit on both sides of a cross-fit. Every
+statistic is computed from weighted sufficient statistics (one matrix product per fold), so
+1,000 replicates × ~100 knobs × 1,000 samples cost milliseconds per method. Intervals are
+percentile (default) or BCa, both through ``scipy.stats.bootstrap`` fed the paired distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats as sps
+
+PROTOCOLS = ("crossfit", "dev", "train-holdout")
+PROTOCOL_LABELS = {
+    "crossfit": "cross-fitted operating points (knob chosen on the other fold)",
+    "dev": "tuned on the reported split",
+    "train-holdout": "knob chosen on a held-out slice of the training data",
+}
+_EPS = 1e-9
+
+
+# ----------------------------------------------------------------------------------------- metrics
+
+
+def _f1_from_stats(x: np.ndarray, y: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """F1 of class 1 from (tp, fp) and Σ y: additive stats make resampling a matrix product."""
+    tp, fp = x[..., 0], x[..., 1]
+    fn = y[..., 0] - tp
+    den = 2 * tp + fp + fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, 200.0 * tp / den, 0.0)
+
+
+def _mcc_from_stats(x: np.ndarray, y: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Multi-class MCC (sklearn's formula) from correct count and per-class predicted/true counts."""
+    c, p = x[..., 0], x[..., 1:]
+    cov_tp = c * n - (p * y).sum(-1)
+    cov_pp = n * n - (p * p).sum(-1)
+    cov_tt = n * n - (y * y).sum(-1)
+    den = np.sqrt(np.clip(cov_pp * cov_tt, 0.0, None))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, 100.0 * cov_tp / den, 0.0)
+
+
+def _pearson_from_stats(x: np.ndarray, y: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Pearson r (percent) from Σp, Σp², Σpy, Σy, Σy² of centred values; 0 for constant preds."""
+    sp, spp, spy = x[..., 0], x[..., 1], x[..., 2]
+    sy, syy = y[..., 0], y[..., 1]
+    vp, vy = n * spp - sp * sp, n * syy - sy * sy
+    den = np.sqrt(np.clip(vp * vy, 0.0, None))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ok = (vp > 1e-12 * np.maximum(n * spp, 1e-300)) & (den > 0)
+        return np.where(ok, 100.0 * (n * spy - sp * sy) / np.where(ok, den, 1.0), 0.0)
+
+
+def _build_stats(name: str, preds: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample sufficient statistics: X [S, K, N] (knob-dependent) and Y [R, N] (labels only)."""
+    preds, labels = np.atleast_2d(preds), np.asarray(labels)
+    if name == "accuracy":
+        return (preds == labels)[None].astype(np.float64), np.zeros((0, labels.size))
+    if name == "f1":
+        pos, y = preds == 1, (labels == 1)
+        return np.stack([pos & y, pos & ~y]).astype(np.float64), y[None].astype(np.float64)
+    if name == "mcc":
+        classes = np.unique(np.concatenate([labels, preds.ravel()]))
+        x = [(preds == labels)] + [preds == c for c in classes]
+        return np.stack(x).astype(np.float64), np.stack([labels == c for c in classes]).astype(np.float64)
+    if name == "pearson":
+        p = preds.astype(np.float64) - preds.mean()
+        y = labels.astype(np.float64) - labels.mean()
+        return np.stack([p, p * p, p * y[None]]), np.stack([y, y * y])
+    raise KeyError(f"no vectorised statistics for {name!r}")
+
+
+_FINISH = {
+    "accuracy": lambda x, y, n: np.where(n > 0, 100.0 * x[..., 0] / np.maximum(n, _EPS), 0.0),
+    "f1": _f1_from_stats,
+    "mcc": _mcc_from_stats,
+    "pearson": _pearson_from_stats,
+}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A headline metric (percent) that the bootstrap can evaluate from additive statistics."""
+
+    name: str
+
+    def __call__(self, preds, labels) -> float:
+        """Metric of one set of predictions, in percent like ``glue_metrics``."""
+        x, y = _build_stats(self.name, np.asarray(preds)[None], np.asarray(labels))
+        n = np.float64(np.asarray(labels).size)
+        return float(_FINISH[self.name](x.sum(-1)[:, 0], y.sum(-1), n))
+
+
+METRICS: dict[str, Metric] = {name: Metric(name) for name in _FINISH}
+
+
+def as_metric(metric: str | Callable) -> Callable:
+    """A name becomes its vectorised Metric; any other callable is used as is (slower path)."""
+    if isinstance(metric, str):
+        if metric not in METRICS:
+            valid = ", ".join(METRICS)
+            raise KeyError(f"unknown metric {metric!r}; vectorised: {valid} (or pass a callable)")
+        return METRICS[metric]
+    return metric
+
+
+# ---------------------------------------------------------------------------------------- selection
+
+
+def layer_speedup(exits: np.ndarray, n_layers: int) -> np.ndarray:
+    """Layer speed-up L·n / Σ exit layers along the last axis (one value per knob)."""
+    exits = np.asarray(exits, dtype=np.float64)
+    return n_layers * exits.shape[-1] / exits.sum(-1)
+
+
+def choose_knobs(speedups: np.ndarray, targets: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Knob index per target: smallest speed-up ≥ target (first on ties), else the fastest knob.
+
+    ``speedups`` [..., K] → (knobs [..., T], reached [..., T]); vectorised over leading axes.
+    """
+    sp = np.nan_to_num(np.asarray(speedups, dtype=np.float64), nan=-np.inf)[..., None, :]
+    t = np.asarray(targets, dtype=np.float64)[:, None]
+    ok = sp >= t - _EPS
+    knob = np.where(ok, sp, np.inf).argmin(-1)
+    reached = ok.any(-1)
+    fastest = np.broadcast_to(sp.argmax(-1), knob.shape)
+    return np.where(reached, knob, fastest), reached
+
+
+def stratified_folds(labels, seed: int, n_folds: int = 2, regression: bool | None = None) -> np.ndarray:
+    """Fold id per sample, label-stratified (quantile bins for regression) by a seeded permutation."""
+    y = np.asarray(labels)
+    if regression is None:
+        regression = y.dtype.kind == "f" and not np.all(np.equal(np.mod(y, 1), 0))
+    if regression:
+        n_bins = max(1, min(10, y.size // (2 * n_folds)))
+        edges = np.quantile(y, np.linspace(0, 1, n_bins + 1)[1:-1])
+        y = np.searchsorted(edges, y, side="right")
+    rng = np.random.default_rng(seed)
+    folds = np.empty(y.size, dtype=np.int64)
+    offset = 0
+    for c in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == c))
+        folds[members] = (np.arange(members.size) + offset) % n_folds
+        offset += members.size  # continue the rotation so fold sizes stay balanced across classes
+    return folds
+
+
+@dataclass
+class Selection:
+    """Chosen knobs and the pooled per-sample outcome of one protocol on one method's record."""
+
+    protocol: str
+    targets: np.ndarray  # [T]
+    knobs: np.ndarray  # [T, F]: knob used to score fold f (chosen without fold f under crossfit)
+    sample_knob: np.ndarray  # [T, N]: knob each dev sample is scored with
+    exits: np.ndarray  # [T, N] pooled exit layers
+    preds: np.ndarray | None  # [T, N] pooled predictions
+    speedup: np.ndarray  # [T] achieved layer speed-up on the scored samples (may be < target)
+    reached: np.ndarray  # [T, F]: the selection data reached the target
+
+
+def _pooled(protocol, targets, knobs, folds, exits, preds, n_layers, reached) -> Selection:
+    """Gather every sample's outcome at the knob of its fold."""
+    sample_knob = knobs[:, folds]
+    cols = np.arange(exits.shape[1])
+    ex = exits[sample_knob, cols]
+    pr = None if preds is None else np.asarray(preds)[sample_knob, cols]
+    return Selection(protocol, np.asarray(targets, dtype=np.float64), knobs, sample_knob, ex, pr,
+                     layer_speedup(ex, n_layers), reached)
+
+
+def _infer_layers(exits: np.ndarray, n_layers: int | None) -> int:
+    """L, inferred as the deepest recorded exit when not given (pass it explicitly when known)."""
+    return int(n_layers) if n_layers is not None else int(np.max(exits))
+
+
+def crossfit_select(exits, labels, targets, folds, *, n_layers: int | None = None, preds=None) -> Selection:
+    """Cross-fitted operating points: fold f is scored with the knob chosen on the other folds."""
+    exits, folds = np.asarray(exits), np.asarray(folds)
+    if folds.shape != (exits.shape[1],) or np.asarray(labels).shape[0] != exits.shape[1]:
+        raise ValueError("folds and labels must have one entry per dev sample (exits is [K, N])")
+    L = _infer_layers(exits, n_layers)
+    n_folds = int(folds.max()) + 1
+    knobs = np.empty((len(targets), n_folds), dtype=np.int64)
+    reached = np.empty((len(targets), n_folds), dtype=bool)
+    for f in range(n_folds):
+        knobs[:, f], reached[:, f] = choose_knobs(layer_speedup(exits[:, folds != f], L), targets)
+    return _pooled("crossfit", targets, knobs, folds, exits, preds, L, reached)
+
+
+def dev_select(exits, targets, *, n_layers: int | None = None, preds=None) -> Selection:
+    """The literature's protocol: knob chosen and scored on the same dev split (optimistic)."""
+    exits = np.asarray(exits)
+    L = _infer_layers(exits, n_layers)
+    k, r = choose_knobs(layer_speedup(exits, L), targets)
+    zeros = np.zeros(exits.shape[1], dtype=np.int64)
+    return _pooled("dev", targets, k[:, None], zeros, exits, preds, L, r[:, None])
+
+
+def holdout_select(holdout_exits, exits, targets, *, n_layers: int | None = None, preds=None) -> Selection:
+    """Knob chosen on a holdout record's exits (same knob grid), scored on the whole dev set."""
+    exits, hold = np.asarray(exits), np.asarray(holdout_exits)
+    if hold.shape[0] != exits.shape[0]:
+        raise ValueError("holdout and dev records must share the knob grid (same K)")
+    L = _infer_layers(exits, n_layers)
+    k, r = choose_knobs(layer_speedup(hold, L), targets)
+    zeros = np.zeros(exits.shape[1], dtype=np.int64)
+    return _pooled("train-holdout", targets, k[:, None], zeros, exits, preds, L, r[:, None])
+
+
+# ---------------------------------------------------------------------------------- paired bootstrap
+
+
+@dataclass(frozen=True)
+class MethodRecord:
+    """One method's replayed record on the dev set (and optionally on a training holdout)."""
+
+    exits: np.ndarray  # [K, N] 1-based exit layer per knob value and dev sample
+    preds: np.ndarray  # [K, N] predicted class or regression value
+    holdout_exits: np.ndarray | None = None  # [K, H], only for protocol train-holdout
+
+
+def bootstrap_indices(n: int, n_boot: int, seed: int | np.random.Generator) -> np.ndarray:
+    """[n_boot, n] resampled dev indices; one matrix is shared by every method (paired)."""
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    return rng.integers(0, n, size=(n_boot, n), dtype=np.int64)
+
+
+def _weights(idx: np.ndarray, n: int) -> np.ndarray:
+    """Resample counts [b, n] from index rows [b, m]: a resample is a weighting of the samples."""
+    idx = np.atleast_2d(idx)
+    b = idx.shape[0]
+    flat = (idx + n * np.arange(b)[:, None]).ravel()
+    return np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
+
+
+@dataclass
+class _Prepared:
+    """Per-method matrices stacked once so each fold of each batch is a single matrix product."""
+
+    mat: np.ndarray  # [K + S·K + R, N]: exits, knob statistics, label statistics
+    K: int
+    S: int
+    preds: np.ndarray
+    holdout: np.ndarray | None
+
+
+def _prepare(rec: MethodRecord, labels: np.ndarray, metric: Callable) -> _Prepared:
+    """Stack exits and the metric's sufficient statistics (none for a plain callable)."""
+    exits = np.asarray(rec.exits, dtype=np.float64)
+    K, N = exits.shape
+    if isinstance(metric, Metric):
+        x, y = _build_stats(metric.name, np.asarray(rec.preds), labels)
+    else:
+        x, y = np.zeros((0, K, N)), np.zeros((0, N))
+    mat = np.concatenate([exits, x.reshape(-1, N), y])
+    hold = None if rec.holdout_exits is None else np.asarray(rec.holdout_exits, dtype=np.float64)
+    return _Prepared(mat, K, x.shape[0], np.asarray(rec.preds), hold)
+
+
+def _fold_sums(W: np.ndarray, mat: np.ndarray, folds: np.ndarray, n_folds: int) -> list[tuple]:
+    """Per fold: (weight total [b], weighted sums of every stacked row [b, rows])."""
+    out = []
+    for f in range(n_folds):
+        cols = folds == f
+        Wf = W[:, cols]
+        out.append((Wf.sum(1), Wf @ mat[:, cols].T))
+    return out
+
+
+def _select_batch(protocol, sums, K, L, targets, hold_W, prep) -> tuple[np.ndarray, np.ndarray]:
+    """Knobs [b, T, F] for each scored fold under the protocol, and whether targets were reached."""
+    n_tot = sum(s[0] for s in sums)
+    E_tot = sum(s[1][:, :K] for s in sums)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if protocol == "crossfit":
+            picks = [choose_knobs(L * (n_tot - n)[:, None] / (E_tot - s[:, :K]), targets) for n, s in sums]
+            return np.stack([p[0] for p in picks], -1), np.stack([p[1] for p in picks], -1)
+        if protocol == "dev":
+            k, r = choose_knobs(L * n_tot[:, None] / E_tot, targets)
+        elif protocol == "train-holdout":
+            if prep.holdout is None:
+                raise ValueError("protocol train-holdout needs holdout_exits in every MethodRecord")
+            k, r = choose_knobs(L * hold_W.sum(1)[:, None] / (hold_W @ prep.holdout.T), targets)
+        else:
+            raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    return k[..., None], r[..., None]
+
+
+def _score_batch(knobs, sums, prep, L, metric, labels, idx, folds) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled metric and achieved speed-up [b, T]: each fold scored at its own knob."""
+    K, S = prep.K, prep.S
+    rows = np.arange(knobs.shape[0])[:, None]
+    n_tot = sum(s[0] for s in sums)[:, None]
+    E = sum(s[:, :K][rows, knobs[..., f]] for f, (_, s) in enumerate(sums))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        speed = L * n_tot / E
+    if isinstance(metric, Metric):
+        X = sum(s[:, K:K + S * K].reshape(-1, S, K)[rows, :, knobs[..., f]] for f, (_, s) in enumerate(sums))
+        Y = sum(s[:, K + S * K:] for _, s in sums)[:, None, :]
+        return _FINISH[metric.name](X, Y, n_tot), speed
+    fold_of = np.broadcast_to(folds[idx][:, None, :], (*knobs.shape[:2], idx.shape[1]))
+    kk = np.take_along_axis(knobs, fold_of, 2)
+    p = prep.preds[kk, idx[:, None, :]]
+    y = labels[idx]
+    vals = np.array([[metric(p[b, t], y[b]) for t in range(p.shape[1])] for b in range(p.shape[0])])
+    return vals, speed
+
+
+@dataclass
+class _Design:
+    """Everything fixed across replicates: prepared records, protocol, folds, targets and AUC grid."""
+
+    preps: dict[str, _Prepared]
+    labels: np.ndarray
+    L: int
+    metric: Callable
+    protocol: str
+    folds: np.ndarray  # fold id per dev sample (zeros unless crossfit)
+    targets: np.ndarray
+    grid: np.ndarray  # targets of the AUC curve, on [1, s_max]
+
+    @property
+    def names(self) -> list[tuple[str, str, float | None]]:
+        """Row labels (method, quantity, target) of the stacked value vector."""
+        out: list[tuple[str, str, float | None]] = []
+        for m in self.preps:
+            out += [(m, "metric", float(t)) for t in self.targets]
+            out += [(m, "speedup", float(t)) for t in self.targets]
+            out.append((m, "auc", None))
+        return out
+
+
+def _evaluate(design: _Design, idx: np.ndarray, hold_idx: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Values [Q, b] of every row of ``design.names`` on resamples ``idx`` [b, m]; reached [Q, b]."""
+    idx = np.atleast_2d(idx)
+    N, T = design.labels.size, design.targets.size
+    W = _weights(idx, N)
+    n_folds = int(design.folds.max()) + 1
+    all_t = np.concatenate([design.targets, design.grid])
+    vals, reach = [], []
+    for prep in design.preps.values():
+        hold_W = None
+        if prep.holdout is not None and design.protocol == "train-holdout":
+            h = prep.holdout.shape[1]
+            hold_W = _weights(np.arange(h)[None] if hold_idx is None else hold_idx[: idx.shape[0]], h)
+        sums = _fold_sums(W, prep.mat, design.folds, n_folds)
+        knobs, reached = _select_batch(design.protocol, sums, prep.K, design.L, all_t, hold_W, prep)
+        met, speed = _score_batch(knobs, sums, prep, design.L, design.metric, design.labels, idx,
+                                  design.folds)
+        g = design.grid
+        auc = np.trapezoid(met[:, T:], g, axis=1) / (g[-1] - g[0]) if g.size > 1 else met[:, T]
+        vals += [met[:, :T].T, speed[:, :T].T, auc[None]]
+        r = reached.all(-1)
+        reach += [r[:, :T].T, r[:, :T].T, r[:, T:].all(1)[None]]
+    return np.concatenate(vals), np.concatenate(reach)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its confidence interval; ``half_width`` is what ``81.7 ±1.1`` prints."""
+
+    estimate: float
+    lo: float
+    hi: float
+    level: float
+    method: str  # "percentile" or "BCa"
+
+    @property
+    def half_width(self) -> float:
+        """Half the interval's width (symmetric summary for table cells)."""
+        return (self.hi - self.lo) / 2
+
+    def covers(self, value: float = 0.0) -> bool:
+        """Whether ``value`` lies inside the interval."""
+        return self.lo <= value <= self.hi
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``a − b`` with its interval and a two-sided bootstrap p-value (q after BH when adjusted)."""
+
+    a: str
+    b: str
+    quantity: str
+    target: float | None
+    interval: Interval
+    p: float
+    q: float | None = None
+    protocol: str = "crossfit"
+
+    def significant(self, alpha: float = 0.05) -> bool:
+        """Significant after FDR control when q is set, else on the raw p-value."""
+        return (self.q if self.q is not None else self.p) < alpha
+
+
+def bootstrap_pvalue(diff_reps: np.ndarray) -> np.ndarray:
+    """Two-sided p for 'difference = 0' from the replicates: 2·min tail mass at 0, with +1 smoothing."""
+    d = np.asarray(diff_reps, dtype=np.float64)
+    fin = np.isfinite(d)
+    B = fin.sum(-1)
+    lo = (((d <= 0) & fin).sum(-1) + 1) / (B + 1)
+    hi = (((d >= 0) & fin).sum(-1) + 1) / (B + 1)
+    return np.minimum(1.0, 2 * np.minimum(lo, hi))
+
+
+def fdr(pvalues: Sequence[float]) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values (q) across one table's comparisons (scipy)."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    return sps.false_discovery_control(p, method="bh") if p.size else p
+
+
+@dataclass
+class Analysis:
+    """Point estimates and paired replicates of every (method, quantity, target) of one run."""
+
+    names: list[tuple[str, str, float | None]]
+    point: np.ndarray  # [Q]
+    reps: np.ndarray  # [Q, B]
+    reached: np.ndarray  # [Q]: fraction of replicates whose selection data reached the target
+    protocol: str
+    ci: str = "percentile"
+    note: str = "sample-level paired bootstrap"
+    indices: np.ndarray | None = None  # [B, N] shared by every method
+    seed_points: np.ndarray | None = None  # [n_seeds, Q] when built from several seeds
+    statistic: Callable | None = field(default=None, repr=False)  # idx [..., m] -> [Q, ...]
+
+    def row(self, method: str, quantity: str = "metric", target: float | None = None) -> int:
+        """Index of one quantity ('metric', 'speedup' at a target, or 'auc')."""
+        key = (method, quantity, None if target is None else float(target))
+        try:
+            return self.names.index(key)
+        except ValueError:
+            raise KeyError(f"no row {key}; methods: {sorted({n[0] for n in self.names})}") from None
+
+    @property
+    def methods(self) -> list[str]:
+        """Methods in input order."""
+        return list(dict.fromkeys(n[0] for n in self.names))
+
+    def linear(self, weights: np.ndarray, level: float = 0.95) -> list[Interval]:
+        """Intervals of linear combinations ``weights`` [P, Q] of the rows (differences, cells)."""
+        w = np.atleast_2d(weights)
+        dist = w @ self.reps
+        method = "BCa" if self.ci.lower() == "bca" and self.statistic is not None else "percentile"
+        stat = self.statistic
+
+        def combo(idx, axis=-1):
+            return np.tensordot(w, stat(idx), axes=(1, 0))
+
+        res = sps.bootstrap((np.arange(self.indices.shape[1] if self.indices is not None else 1),), combo,
+                            n_resamples=0, bootstrap_result=_Dist(dist), method=method.lower(),
+                            confidence_level=level, vectorized=True)
+        point = w @ self.point
+        lo, hi = np.atleast_1d(res.confidence_interval.low), np.atleast_1d(res.confidence_interval.high)
+        rows = zip(point, lo, hi, strict=True)
+        return [Interval(float(e), float(a), float(b), level, method) for e, a, b in rows]
+
+    def interval(self, method: str, quantity: str = "metric", target: float | None = None,
+                 level: float = 0.95) -> Interval:
+        """95% interval of one table cell (metric or achieved speed-up at a target, or AUC)."""
+        w = np.zeros(len(self.names))
+        w[self.row(method, quantity, target)] = 1.0
+        return self.linear(w, level)[0]
+
+    def difference(self, a: str, b: str, quantity: str = "metric", target: float | None = None,
+                   level: float = 0.95) -> Comparison:
+        """'a − b' on the same resamples: interval and two-sided bootstrap p-value."""
+        w = np.zeros(len(self.names))
+        w[self.row(a, quantity, target)], w[self.row(b, quantity, target)] = 1.0, -1.0
+        p = float(bootstrap_pvalue(w @ self.reps))
+        return Comparison(a, b, quantity, target, self.linear(w, level)[0], p, None, self.protocol)
+
+
+@dataclass
+class _Dist:
+    """Carrier of a precomputed bootstrap distribution for ``scipy.stats.bootstrap(bootstrap_result=)``."""
+
+    bootstrap_distribution: np.ndarray
+
+
+def common_s_max(records: Mapping[str, MethodRecord], n_layers: int) -> float:
+    """Largest speed-up every method reaches on the dev set: the shared upper end of the AUC range."""
+    return float(min(layer_speedup(r.exits, n_layers).max() for r in records.values()))
+
+
+def _design(records, labels, n_layers, metric, targets, protocol, folds, s_max, n_grid) -> _Design:
+    """Validate inputs and fix everything that does not change across replicates."""
+    labels = np.asarray(labels)
+    metric = as_metric(metric)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    for name, r in records.items():
+        if np.shape(r.exits) != np.shape(r.preds) or np.shape(r.exits)[1] != labels.size:
+            raise ValueError(f"{name}: exits and preds must both be [K, N] with N = len(labels)")
+    if protocol != "crossfit":
+        folds = np.zeros(labels.size, dtype=np.int64)
+    elif np.shape(folds) != labels.shape:
+        raise ValueError("crossfit needs one fold id per dev sample (see stratified_folds)")
+    s_max = common_s_max(records, n_layers) if s_max is None else float(s_max)
+    grid = np.linspace(1.0, s_max, n_grid) if s_max > 1.0 else np.array([1.0])
+    preps = {m: _prepare(r, labels, metric) for m, r in records.items()}
+    return _Design(preps, labels, int(n_layers), metric, protocol, np.asarray(folds, dtype=np.int64),
+                   np.asarray(targets, dtype=np.float64), grid)
+
+
+def paired_bootstrap(records: Mapping[str, MethodRecord], labels, *, n_layers: int,
+                     metric: str | Callable, targets: Sequence[float], protocol: str = "crossfit",
+                     folds: np.ndarray | None = None, fold_seed: int = 0, n_boot: int = 1000, seed: int = 0,
+                     ci: str = "percentile", s_max: float | None = None, n_grid: int = 21) -> Analysis:
+    """Paired bootstrap of one (task, seed): same indices for every method, selection redone inside.
+
+    AUC = mean scored metric over the targets ``linspace(1, s_max, n_grid)`` (each method's own
+    curve of operating points under the protocol; no envelope over knobs). ``ci``: percentile|BCa.
+    """
+    if folds is None and protocol == "crossfit":
+        folds = stratified_folds(labels, fold_seed)
+    d = _design(records, labels, n_layers, metric, targets, protocol, folds, s_max, n_grid)
+    N = d.labels.size
+    rng = np.random.default_rng(seed)
+    idx = bootstrap_indices(N, n_boot, rng)
+    hold = [r.holdout for r in d.preps.values() if r.holdout is not None]
+    if protocol == "train-holdout" and len({h.shape[1] for h in hold}) > 1:
+        raise ValueError("train-holdout: every method's holdout record must cover the same samples")
+    use_hold = bool(hold) and protocol == "train-holdout"
+    hold_idx = bootstrap_indices(hold[0].shape[1], n_boot, rng) if use_hold else None
+    point, _ = _evaluate(d, np.arange(N)[None], None)
+    reps, reached = _chunked(d, idx, hold_idx)
+    memo: dict = {}
+
+    def statistic(sample_idx):
+        a = np.asarray(sample_idx)
+        key = (a.shape, hash(a.tobytes()))
+        if key not in memo:
+            flat = a.reshape(-1, a.shape[-1])
+            memo[key] = _evaluate(d, flat, None)[0].reshape(-1, *a.shape[:-1])
+        return memo[key]
+
+    return Analysis(d.names, point[:, 0], reps, reached.mean(1), protocol, ci,
+                    "sample-level paired bootstrap (one seed)", idx, None, statistic)
+
+
+def _chunked(d: _Design, idx: np.ndarray, hold_idx: np.ndarray | None, chunk: int = 250) -> tuple:
+    """Evaluate replicates in chunks so the weight matrices stay a few MB."""
+    vals, reach = [], []
+    for s in range(0, idx.shape[0], chunk):
+        h = None if hold_idx is None else hold_idx[s:s + chunk]
+        v, r = _evaluate(d, idx[s:s + chunk], h)
+        vals.append(v)
+        reach.append(r)
+    return np.concatenate(vals, 1), np.concatenate(reach, 1)
