@@ -465,6 +465,7 @@ class Analysis:
         stat = self.statistic
 
         def combo(idx, axis=-1):
+            """The combinations recomputed on scipy's jackknife index rows (BCa acceleration)."""
             return np.tensordot(w, stat(idx), axes=(1, 0))
 
         res = sps.bootstrap((np.arange(self.indices.shape[1] if self.indices is not None else 1),), combo,
@@ -548,6 +549,7 @@ def paired_bootstrap(records: Mapping[str, MethodRecord], labels, *, n_layers: i
     memo: dict = {}
 
     def statistic(sample_idx):
+        """Every row recomputed on index rows [..., m]; memoised so BCa's jackknife runs once."""
         a = np.asarray(sample_idx)
         key = (a.shape, hash(a.tobytes()))
         if key not in memo:
@@ -568,3 +570,165 @@ def _chunked(d: _Design, idx: np.ndarray, hold_idx: np.ndarray | None, chunk: in
         vals.append(v)
         reach.append(r)
     return np.concatenate(vals, 1), np.concatenate(reach, 1)
+
+
+# ----------------------------------------------------------------------------- comparisons and seeds
+
+
+def compare(analysis: Analysis, pairs: Sequence[tuple[str, str]], quantity: str = "metric",
+            targets: Sequence[float] | None = None, level: float = 0.95) -> list[Comparison]:
+    """Every 'a − b' of one table at every target (or the AUC), with BH q-values across them all."""
+    if quantity == "auc":
+        ts: list[float | None] = [None]
+    else:
+        known = sorted({n[2] for n in analysis.names if n[2] is not None})
+        ts = list(targets) if targets is not None else known
+    out = [analysis.difference(a, b, quantity, t, level) for a, b in pairs for t in ts]
+    return adjust(out)
+
+
+def adjust(comparisons: Sequence[Comparison]) -> list[Comparison]:
+    """Attach Benjamini–Hochberg q-values computed across exactly these comparisons."""
+    q = fdr([c.p for c in comparisons])
+    return [Comparison(c.a, c.b, c.quantity, c.target, c.interval, c.p, float(qi), c.protocol)
+            for c, qi in zip(comparisons, q, strict=True)]
+
+
+def vs_full_model(analysis: Analysis, full: str = "full-model", methods: Sequence[str] | None = None,
+                  targets: Sequence[float] | None = None, alpha: float = 0.05) -> dict[tuple, dict]:
+    """'method − full model' per (method, target) with q-values and the 'not distinguishable' mark.
+
+    The full model enters as a one-knob record (every exit = L), so its cell is its full-depth score.
+    """
+    methods = [m for m in (methods or analysis.methods) if m != full]
+    comps = compare(analysis, [(m, full) for m in methods], "metric", targets)
+    return {(c.a, c.target): {"comparison": c, "not_distinguishable": not c.significant(alpha)}
+            for c in comps}
+
+
+@dataclass(frozen=True)
+class Best:
+    """The best method of one table column and whether it may be bolded (significant after FDR)."""
+
+    column: str
+    best: str
+    runner_up: str | None
+    comparison: Comparison | None
+    bold: bool
+
+    @property
+    def mark(self) -> str:
+        """'best' when significant, 'tie' when the runner-up cannot be told apart, '' when alone."""
+        return "best" if self.bold else ("tie" if self.runner_up else "")
+
+
+def significant_best(columns: Mapping[str, tuple[Analysis, float | None]], methods: Sequence[str],
+                     quantity: str = "metric", alpha: float = 0.05,
+                     higher_is_better: bool = True) -> list[Best]:
+    """Per column (analysis, target): best vs runner-up, BH across the table's columns, bold iff q < α."""
+    rows: list[tuple[str, str, str | None, Comparison | None]] = []
+    for col, (an, t) in columns.items():
+        est = {m: an.point[an.row(m, quantity, t)] for m in methods}
+        order = sorted(est, key=lambda m: -est[m] if higher_is_better else est[m])
+        if len(order) < 2:
+            rows.append((col, order[0], None, None))
+            continue
+        a, b = order[:2]
+        rows.append((col, a, b, an.difference(a, b, quantity, t)))
+    comps = [r[3] for r in rows if r[3] is not None]
+    adjusted = iter(adjust(comps))
+    out = []
+    for col, a, b, c in rows:
+        c2 = next(adjusted) if c is not None else None
+        out.append(Best(col, a, b, c2, bool(c2 is not None and c2.significant(alpha))))
+    return out
+
+
+def hierarchical_bootstrap(analyses: Sequence[Analysis], seed: int = 0) -> Analysis:
+    """Resample seeds, then samples within each picked seed; one seed gives the sample-level result.
+
+    Slot j of replicate b reuses row b (j = 0) or a random row of the picked seed's paired replicates.
+    """
+    first = analyses[0]
+    if any(a.names != first.names or a.reps.shape != first.reps.shape for a in analyses):
+        raise ValueError("every seed needs the same methods, targets and number of replicates")
+    S, B = len(analyses), first.reps.shape[1]
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, S, size=(B, S))
+    rows = np.concatenate([np.arange(B)[:, None], rng.integers(0, B, size=(B, S - 1))], 1)
+    stacked = np.stack([a.reps for a in analyses])  # [S, Q, B]
+    reps = stacked[picks, :, rows].mean(1).T  # [Q, B]
+    points = np.stack([a.point for a in analyses])
+    if S == 1:
+        return Analysis(first.names, first.point, reps, first.reached, first.protocol, first.ci,
+                        "one seed: sample-level intervals only", first.indices, points, first.statistic)
+    reached = np.mean([a.reached for a in analyses], 0)
+    return Analysis(first.names, points.mean(0), reps, reached, first.protocol, "percentile",
+                    f"hierarchical bootstrap over {S} seeds (seeds, then samples)", None, points, None)
+
+
+def seed_summary(analyses: Sequence[Analysis]) -> dict[tuple, dict[str, float]]:
+    """Mean and standard deviation (ddof 1; NaN for one seed) over seeds of every point estimate."""
+    pts = np.stack([a.point for a in analyses])
+    std = pts.std(0, ddof=1) if len(analyses) > 1 else np.full(pts.shape[1], np.nan)
+    return {name: {"mean": float(m), "std": float(s), "n_seeds": len(analyses)}
+            for name, m, s in zip(analyses[0].names, pts.mean(0), std, strict=True)}
+
+
+# --------------------------------------------------------------------------------- trivial baselines
+
+
+def trivial_predictions(labels, regression: bool | None = None) -> list[np.ndarray]:
+    """Constant predictors: every class (classification) or the label mean (regression)."""
+    y = np.asarray(labels)
+    if regression is None:
+        regression = y.dtype.kind == "f" and not np.all(np.equal(np.mod(y, 1), 0))
+    if regression:
+        return [np.full(y.size, float(y.mean()))]
+    return [np.full(y.size, c) for c in np.unique(y)]
+
+
+def trivial_baseline(labels, metric: str | Callable, regression: bool | None = None) -> float:
+    """Best constant predictor's score: majority rate, all-positive F1, MCC 0, Pearson 0 (mean)."""
+    fn = as_metric(metric)
+    return float(max(fn(p, labels) for p in trivial_predictions(labels, regression)))
+
+
+DEFAULT_BARS: dict[str, dict[str, float]] = {
+    "accuracy": {"above_trivial": 10.0},
+    "f1": {"above_trivial": 3.0, "accuracy_above_majority": 8.0},
+    "mcc": {"at_least": 25.0},
+    "pearson": {"at_least": 80.0},
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a task's full model learned it, with the bars checked and the trivial scores."""
+
+    learned: bool
+    reasons: tuple[str, ...]
+    trivial: dict[str, float]
+
+
+def learned(scores: Mapping[str, float], labels, headline: str,
+            bars: Mapping[str, Mapping[str, float]] | None = None) -> Verdict:
+    """Full-model scores (percent) against the task's bar; tasks that miss it are left out of claims."""
+    bar = (bars or DEFAULT_BARS)[headline]
+    trivial = {headline: trivial_baseline(labels, headline)}
+    reasons, ok = [], True
+    if "above_trivial" in bar:
+        need = trivial[headline] + bar["above_trivial"]
+        ok &= scores[headline] >= need
+        reasons.append(f"{headline} {scores[headline]:.1f} vs ≥ {need:.1f} (trivial {trivial[headline]:.1f} "
+                       f"+ {bar['above_trivial']:g})")
+    if "accuracy_above_majority" in bar:
+        trivial["accuracy"] = trivial_baseline(labels, "accuracy")
+        need = trivial["accuracy"] + bar["accuracy_above_majority"]
+        ok &= scores["accuracy"] >= need
+        reasons.append(f"accuracy {scores['accuracy']:.1f} vs ≥ {need:.1f} "
+                       f"(majority {trivial['accuracy']:.1f} + {bar['accuracy_above_majority']:g})")
+    if "at_least" in bar:
+        ok &= scores[headline] >= bar["at_least"]
+        reasons.append(f"{headline} {scores[headline]:.1f} vs ≥ {bar['at_least']:g}")
+    return Verdict(bool(ok), tuple(reasons), trivial)
