@@ -468,7 +468,8 @@ class Analysis:
             """The combinations recomputed on scipy's jackknife index rows (BCa acceleration)."""
             return np.tensordot(w, stat(idx), axes=(1, 0))
 
-        res = sps.bootstrap((np.arange(self.indices.shape[1] if self.indices is not None else 1),), combo,
+        n = self.indices.shape[1] if self.indices is not None else 2  # percentile never calls combo
+        res = sps.bootstrap((np.arange(n),), combo,
                             n_resamples=0, bootstrap_result=_Dist(dist), method=method.lower(),
                             confidence_level=level, vectorized=True)
         point = w @ self.point
