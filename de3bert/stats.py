@@ -461,6 +461,10 @@ class Analysis:
         """Intervals of linear combinations ``weights`` [P, Q] of the rows (differences, cells)."""
         w = np.atleast_2d(weights)
         dist = w @ self.reps
+        if not np.isfinite(dist).all():  # e.g. an AUROC undefined in some replicates: finite ones only
+            lo, hi = np.nanquantile(dist, [(1 - level) / 2, (1 + level) / 2], axis=1)
+            rows = zip(w @ self.point, lo, hi, strict=True)
+            return [Interval(float(e), float(a), float(b), level, "percentile") for e, a, b in rows]
         method = "BCa" if self.ci.lower() == "bca" and self.statistic is not None else "percentile"
         stat = self.statistic
 
@@ -733,3 +737,61 @@ def learned(scores: Mapping[str, float], labels, headline: str,
         ok &= scores[headline] >= bar["at_least"]
         reasons.append(f"{headline} {scores[headline]:.1f} vs ≥ {bar['at_least']:g}")
     return Verdict(bool(ok), tuple(reasons), trivial)
+
+
+# ---------------------------------------------------------------------------- indicator AUROC
+
+
+def weighted_auroc(score: np.ndarray, correct: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """AUROC of −score for 'correct' under sample weights W [b, N] (ties count ½); NaN if one class.
+
+    Sorting once and summing weights per tied group makes every replicate a cumulative sum.
+    """
+    score, correct = np.asarray(score, dtype=np.float64), np.asarray(correct, dtype=bool)
+    order = np.argsort(score, kind="stable")
+    s = score[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    Wo = W[:, order]
+    pos = np.add.reduceat(Wo * correct[order], starts, axis=1)  # [b, G] correct weight per tie group
+    neg = np.add.reduceat(Wo * ~correct[order], starts, axis=1)
+    n_pos, n_neg = pos.sum(1), neg.sum(1)
+    above = n_neg[:, None] - np.cumsum(neg, 1)  # wrong weight with a strictly higher score
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (pos * (above + 0.5 * neg)).sum(1) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+
+
+def auroc_bootstrap(indicators: Mapping[str, tuple[np.ndarray, np.ndarray]], *, n_boot: int = 1000,
+                    seed: int = 0, ci: str = "percentile") -> Analysis:
+    """Per-layer AUROC of each indicator (score [L, N], correct [L, N]) on shared resamples.
+
+    Rows are (indicator, 'auroc', layer 1..L); ``difference('EDR', 'entropy', 'auroc', layer)`` is paired.
+    """
+    items = {k: (np.atleast_2d(s), np.atleast_2d(c)) for k, (s, c) in indicators.items()}
+    N = next(iter(items.values()))[0].shape[1]
+    if any(s.shape[1] != N or s.shape != c.shape for s, c in items.values()):
+        raise ValueError("every indicator needs score and correct of shape [L, N] over the same N samples")
+    names = [(k, "auroc", float(layer + 1)) for k, (s, _) in items.items() for layer in range(s.shape[0])]
+
+    def evaluate(idx: np.ndarray) -> np.ndarray:
+        """AUROC of every (indicator, layer) on index rows [b, m] → [Q, b]."""
+        W = _weights(idx, N)
+        rows = [weighted_auroc(s[lay], c[lay], W) for s, c in items.values() for lay in range(s.shape[0])]
+        return np.stack(rows)
+
+    idx = bootstrap_indices(N, n_boot, seed)
+    point = evaluate(np.arange(N)[None])[:, 0]
+    reps = np.concatenate([evaluate(idx[i:i + 250]) for i in range(0, n_boot, 250)], 1)
+    memo: dict = {}
+
+    def statistic(sample_idx):
+        """Rows recomputed on index rows [..., m], memoised for BCa's jackknife."""
+        a = np.asarray(sample_idx)
+        key = (a.shape, hash(a.tobytes()))
+        if key not in memo:
+            memo[key] = evaluate(a.reshape(-1, a.shape[-1])).reshape(-1, *a.shape[:-1])
+        return memo[key]
+
+    defined = np.isfinite(reps).mean(1)
+    return Analysis(names, point, reps, defined, "per-layer (no selection)", ci,
+                    "sample-level paired bootstrap of per-layer AUROC", idx, None, statistic)

@@ -334,3 +334,36 @@ def test_trivial_baseline_and_learned():
     assert not st.learned({"mcc": 4.7}, y, "mcc").learned
     assert st.learned({"pearson": 85.0}, np.linspace(0, 5, 50), "pearson").learned
     assert not st.learned({"accuracy": 78.5}, y, "accuracy", bars={"accuracy": {"above_trivial": 12}}).learned
+
+
+def test_weighted_auroc_matches_sklearn_and_indicator_auroc():
+    """The vectorised AUROC equals sklearn's (with ties and resample weights) and the suite's own."""
+    from sklearn.metrics import roc_auc_score
+
+    from de3bert.metrics import indicator_auroc
+
+    rng = np.random.default_rng(0)
+    score = np.round(rng.random(300), 1)  # many ties
+    correct = rng.random(300) < 0.7 - 0.4 * score
+    idx = st.bootstrap_indices(300, 5, 1)
+    W = np.stack([np.bincount(i, minlength=300) for i in idx]).astype(float)
+    got = st.weighted_auroc(score, correct, W)
+    for b in range(5):
+        assert got[b] == pytest.approx(roc_auc_score(correct, -score, sample_weight=W[b]))
+    one = st.weighted_auroc(score, correct, np.ones((1, 300)))[0]
+    assert one == pytest.approx(indicator_auroc(score, correct))
+    assert np.isnan(st.weighted_auroc(score, np.ones(300, bool), np.ones((1, 300)))[0])
+
+
+def test_auroc_bootstrap_separates_a_better_indicator():
+    """An indicator carrying more signal about correctness wins per layer, paired on shared resamples."""
+    rng = np.random.default_rng(3)
+    N, layers = 1000, 3
+    correct = rng.random((layers, N)) < 0.7
+    good = np.where(correct, 0.0, 1.0) + rng.normal(0, 0.8, (layers, N))
+    weak = np.where(correct, 0.0, 1.0) + rng.normal(0, 2.0, (layers, N))
+    an = st.auroc_bootstrap({"edr": (good, correct), "entropy": (weak, correct)}, n_boot=300)
+    for layer in (1.0, 2.0, 3.0):
+        c = an.difference("edr", "entropy", "auroc", layer)
+        assert c.interval.lo > 0 and c.p < 0.01
+        assert an.interval("edr", "auroc", layer).covers(an.point[an.row("edr", "auroc", layer)])
