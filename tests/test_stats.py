@@ -367,3 +367,17 @@ def test_auroc_bootstrap_separates_a_better_indicator():
         c = an.difference("edr", "entropy", "auroc", layer)
         assert c.interval.lo > 0 and c.p < 0.01
         assert an.interval("edr", "auroc", layer).covers(an.point[an.row("edr", "auroc", layer)])
+
+
+def test_choose_knobs_vectorised_equals_the_rule_row_by_row():
+    """The sorted/searchsorted selection equals the plain rule, including ties, inf and NaN."""
+    rng = np.random.default_rng(4)
+    sp = np.round(rng.uniform(0.8, 4.0, (200, 15)), 1)
+    sp[0, 3], sp[1, :] = np.inf, np.nan
+    targets = [1.0, 1.5, 2.0, 3.0, 3.95]
+    knobs, reached = st.choose_knobs(sp, targets)
+    for r in range(sp.shape[0]):
+        for j, t in enumerate(targets):
+            ok = [k for k in range(sp.shape[1]) if sp[r, k] >= t - 1e-9]
+            want = min(ok, key=lambda k: (sp[r, k], k)) if ok else int(np.nanargmax(sp[r])) if r != 1 else 0
+            assert (knobs[r, j], reached[r, j]) == (want, bool(ok))
