@@ -381,3 +381,22 @@ def test_choose_knobs_vectorised_equals_the_rule_row_by_row():
             ok = [k for k in range(sp.shape[1]) if sp[r, k] >= t - 1e-9]
             want = min(ok, key=lambda k: (sp[r, k], k)) if ok else int(np.nanargmax(sp[r])) if r != 1 else 0
             assert (knobs[r, j], reached[r, j]) == (want, bool(ok))
+
+
+def test_claims_report_from_a_results_structure(tmp_path):
+    """The claims report runs from arrays alone, excludes unlearned tasks and says what it cannot decide."""
+    import json
+
+    from benchmarks.claims import build_claims, demo_results, write_claims
+
+    results = demo_results(n=300, n_seeds=1)
+    claims = build_claims(results, n_boot=200)
+    assert claims["tasks"]["chance-task"]["learned"] is False
+    assert {r["task"] for r in claims["claim1"]} == {"learned-task"}
+    assert {r["verdict"] for r in claims["claim1"]} <= {"supported", "contradicted", "not distinguishable"}
+    assert all(r["comparison"].q is not None for r in claims["claim1"] + claims["claim2"])
+    assert "one seed" in claims["tasks"]["learned-task"]["note"]
+    md, js = write_claims(results, tmp_path, n_boot=200)
+    text = md.read_text()
+    assert "not learned" in text and "cannot be checked" in text  # no overhead data given
+    assert json.loads(js.read_text())["protocol"] == "crossfit"
