@@ -88,6 +88,7 @@ def _learned(task: Mapping, seeds: Mapping[str, dict]) -> st.Verdict:
 def _task_analysis(name: str, task: Mapping, protocol: str, n_boot: int, seed: int) -> dict:
     """Paired (and, with several seeds, hierarchical) bootstrap of one task's methods and indicators."""
     seeds = {s: _records(b) for s, b in task["seeds"].items()}
+    s_max = min(st.common_s_max(recs, int(task["n_layers"])) for recs in seeds.values())  # one curve grid
     runs = [
         st.paired_bootstrap(
             recs,
@@ -99,6 +100,7 @@ def _task_analysis(name: str, task: Mapping, protocol: str, n_boot: int, seed: i
             n_boot=n_boot,
             seed=seed + i,
             fold_seed=seed + i,
+            s_max=s_max,
         )
         for i, recs in enumerate(seeds.values())
     ]

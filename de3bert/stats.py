@@ -374,6 +374,8 @@ class _Design:
             out += [(m, "metric", float(t)) for t in self.targets]
             out += [(m, "speedup", float(t)) for t in self.targets]
             out.append((m, "auc", None))
+            out += [(m, "curve", float(g)) for g in self.grid]  # scored curve, for bootstrap bands
+            out += [(m, "curve_speedup", float(g)) for g in self.grid]
         return out
 
 
@@ -395,9 +397,9 @@ def _evaluate(design: _Design, idx: np.ndarray, hold_idx: np.ndarray | None) -> 
                                   design.folds)
         g = design.grid
         auc = np.trapezoid(met[:, T:], g, axis=1) / (g[-1] - g[0]) if g.size > 1 else met[:, T]
-        vals += [met[:, :T].T, speed[:, :T].T, auc[None]]
+        vals += [met[:, :T].T, speed[:, :T].T, auc[None], met[:, T:].T, speed[:, T:].T]
         r = reached.all(-1)
-        reach += [r[:, :T].T, r[:, :T].T, r[:, T:].all(1)[None]]
+        reach += [r[:, :T].T, r[:, :T].T, r[:, T:].all(1)[None], r[:, T:].T, r[:, T:].T]
     return np.concatenate(vals), np.concatenate(reach)
 
 
@@ -522,6 +524,19 @@ class Analysis:
         p = float(bootstrap_pvalue(w @ self.reps))
         return Comparison(a, b, quantity, target, self.linear(w, level)[0], p, None, self.protocol)
 
+    def curve(self, method: str, level: float = 0.95) -> dict[str, np.ndarray]:
+        """The method's scored trade-off curve over the AUC targets with its band (for plots)."""
+        grid = [n[2] for n in self.names if n[0] == method and n[1] == "curve"]
+        out: dict[str, list[float]] = {"target": grid}
+        for q in ("curve", "curve_speedup"):
+            w = np.zeros((len(grid), len(self.names)))
+            w[np.arange(len(grid)), [self.row(method, q, g) for g in grid]] = 1.0
+            ivs = self.linear(w, level)
+            key = "metric" if q == "curve" else "speedup"
+            for suffix, f in (("", "estimate"), ("_lo", "lo"), ("_hi", "hi")):
+                out[key + suffix] = [getattr(i, f) for i in ivs]
+        return {k: np.asarray(v) for k, v in out.items()}
+
 
 @dataclass
 class _Dist:
@@ -531,8 +546,12 @@ class _Dist:
 
 
 def common_s_max(records: Mapping[str, MethodRecord], n_layers: int) -> float:
-    """Largest speed-up every method reaches on the dev set: the shared upper end of the AUC range."""
-    return float(min(layer_speedup(r.exits, n_layers).max() for r in records.values()))
+    """Largest speed-up every swept method reaches on dev: the shared upper end of the AUC range.
+
+    One-knob records (the full model) are points, not curves, and do not limit the range.
+    """
+    swept = [r for r in records.values() if np.shape(r.exits)[0] > 1] or list(records.values())
+    return float(min(layer_speedup(r.exits, n_layers).max() for r in swept))
 
 
 def _design(records, labels, n_layers, metric, targets, protocol, folds, s_max, n_grid) -> _Design:
@@ -595,8 +614,8 @@ def paired_bootstrap(records: Mapping[str, MethodRecord], labels, *, n_layers: i
         a = np.asarray(sample_idx)
         key = (a.shape, hash(a.tobytes()))
         if key not in memo:
-            flat = a.reshape(-1, a.shape[-1])
-            memo[key] = _evaluate(d, flat, None)[0].reshape(-1, *a.shape[:-1])
+            with _blas_threads(blas_threads):
+                memo[key] = _evaluate(d, a.reshape(-1, a.shape[-1]), None)[0].reshape(-1, *a.shape[:-1])
         return memo[key]
 
     return Analysis(d.names, point[:, 0], reps, reached.mean(1), protocol, ci,
@@ -623,7 +642,7 @@ def compare(analysis: Analysis, pairs: Sequence[tuple[str, str]], quantity: str 
     if quantity == "auc":
         ts: list[float | None] = [None]
     else:
-        known = sorted({n[2] for n in analysis.names if n[2] is not None})
+        known = sorted({n[2] for n in analysis.names if n[1] == quantity and n[2] is not None})
         ts = list(targets) if targets is not None else known
     out = [analysis.difference(a, b, quantity, t, level) for a, b in pairs for t in ts]
     return adjust(out)
@@ -693,7 +712,8 @@ def hierarchical_bootstrap(analyses: Sequence[Analysis], seed: int = 0) -> Analy
     """
     first = analyses[0]
     if any(a.names != first.names or a.reps.shape != first.reps.shape for a in analyses):
-        raise ValueError("every seed needs the same methods, targets and number of replicates")
+        raise ValueError("every seed needs the same methods, targets, replicates and s_max "
+                         "(pass one s_max, e.g. the min of common_s_max over seeds)")
     S, B = len(analyses), first.reps.shape[1]
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, S, size=(B, S))

@@ -255,6 +255,7 @@ def test_hierarchical_several_seeds_is_wider_with_seed_variance():
             n_boot=300,
             seed=i,
             n_grid=3,
+            s_max=2.5,
         )
         for i, s in enumerate((0.65, 0.8, 0.95))
     ]
@@ -400,3 +401,28 @@ def test_claims_report_from_a_results_structure(tmp_path):
     text = md.read_text()
     assert "not learned" in text and "cannot be checked" in text  # no overhead data given
     assert json.loads(js.read_text())["protocol"] == "crossfit"
+
+
+def test_curve_band_and_auc_use_the_scored_curve(pair):
+    """AUC is the mean of the method's own scored curve (no envelope); the band brackets the curve."""
+    labels, a, _ = pair
+    an = st.paired_bootstrap(
+        {"a": a}, labels, n_layers=L, metric="accuracy", targets=[2.0], n_boot=100, n_grid=9
+    )
+    cur = an.curve("a")
+    assert cur["target"][0] == 1.0 and cur["target"].size == 9
+    assert np.all(cur["metric_lo"] <= cur["metric"] + 1e-9) and np.all(
+        cur["metric"] <= cur["metric_hi"] + 1e-9
+    )
+    g, m = cur["target"], cur["metric"]
+    auc = np.trapezoid(m, g) / (g[-1] - g[0])
+    assert an.point[an.row("a", "auc")] == pytest.approx(auc)
+    envelope = [
+        max(
+            st.METRICS["accuracy"](a.preds[k], labels)
+            for k in range(a.exits.shape[0])
+            if st.layer_speedup(a.exits[k], L) >= t - 1e-9
+        )
+        for t in g
+    ]
+    assert np.trapezoid(envelope, g) / (g[-1] - g[0]) >= auc  # the old envelope can only flatter
