@@ -488,23 +488,23 @@ class Analysis:
     def linear(self, weights: np.ndarray, level: float = 0.95) -> list[Interval]:
         """Intervals of linear combinations ``weights`` [P, Q] of the rows (differences, cells)."""
         w = np.atleast_2d(weights)
-        dist = w @ self.reps
+        dist = _combine(w, self.reps)
         if not np.isfinite(dist).all():  # e.g. an AUROC undefined in some replicates: finite ones only
             lo, hi = np.nanquantile(dist, [(1 - level) / 2, (1 + level) / 2], axis=1)
-            rows = zip(w @ self.point, lo, hi, strict=True)
+            rows = zip(_combine(w, self.point), lo, hi, strict=True)
             return [Interval(float(e), float(a), float(b), level, "percentile") for e, a, b in rows]
         method = "BCa" if self.ci.lower() == "bca" and self.statistic is not None else "percentile"
         stat = self.statistic
 
         def combo(idx, axis=-1):
             """The combinations recomputed on scipy's jackknife index rows (BCa acceleration)."""
-            return np.tensordot(w, stat(idx), axes=(1, 0))
+            return _combine(w, stat(idx))
 
         n = self.indices.shape[1] if self.indices is not None else 2  # percentile never calls combo
         res = sps.bootstrap((np.arange(n),), combo,
                             n_resamples=0, bootstrap_result=_Dist(dist), method=method.lower(),
                             confidence_level=level, vectorized=True)
-        point = w @ self.point
+        point = _combine(w, self.point)
         lo, hi = np.atleast_1d(res.confidence_interval.low), np.atleast_1d(res.confidence_interval.high)
         rows = zip(point, lo, hi, strict=True)
         return [Interval(float(e), float(a), float(b), level, method) for e, a, b in rows]
@@ -521,7 +521,7 @@ class Analysis:
         """'a − b' on the same resamples: interval and two-sided bootstrap p-value."""
         w = np.zeros(len(self.names))
         w[self.row(a, quantity, target)], w[self.row(b, quantity, target)] = 1.0, -1.0
-        p = float(bootstrap_pvalue(w @ self.reps))
+        p = float(bootstrap_pvalue(_combine(w, self.reps)))
         return Comparison(a, b, quantity, target, self.linear(w, level)[0], p, None, self.protocol)
 
     def curve(self, method: str, level: float = 0.95) -> dict[str, np.ndarray]:
@@ -536,6 +536,12 @@ class Analysis:
             for suffix, f in (("", "estimate"), ("_lo", "lo"), ("_hi", "hi")):
                 out[key + suffix] = [getattr(i, f) for i in ivs]
         return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _combine(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``w @ x`` over the rows ``w`` uses only: cheaper, and a NaN in an unused row cannot leak in."""
+    nz = np.flatnonzero(np.any(np.atleast_2d(w) != 0, axis=0))
+    return np.tensordot(w[..., nz], x[nz], axes=(-1, 0))
 
 
 @dataclass

@@ -426,3 +426,16 @@ def test_curve_band_and_auc_use_the_scored_curve(pair):
         for t in g
     ]
     assert np.trapezoid(envelope, g) / (g[-1] - g[0]) >= auc  # the old envelope can only flatter
+
+
+def test_undefined_auroc_rows_do_not_leak_into_other_rows():
+    """A layer where every prediction is correct has no AUROC; other layers' intervals stay finite."""
+    rng = np.random.default_rng(8)
+    correct = rng.random((2, 200)) < 0.7
+    correct[0] = True
+    an = st.auroc_bootstrap(
+        {"x": (rng.random((2, 200)), correct), "y": (rng.random((2, 200)), correct)}, n_boot=50
+    )
+    assert np.isnan(an.point[an.row("x", "auroc", 1.0)])
+    c = an.difference("x", "y", "auroc", 2.0)
+    assert np.isfinite([c.interval.lo, c.interval.hi, c.p]).all()
