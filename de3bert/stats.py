@@ -621,7 +621,7 @@ def paired_bootstrap(records: Mapping[str, MethodRecord], labels, *, n_layers: i
         key = (a.shape, hash(a.tobytes()))
         if key not in memo:
             with _blas_threads(blas_threads):
-                memo[key] = _evaluate(d, a.reshape(-1, a.shape[-1]), None)[0].reshape(-1, *a.shape[:-1])
+                memo[key] = _chunked(d, a.reshape(-1, a.shape[-1]), None)[0].reshape(-1, *a.shape[:-1])
         return memo[key]
 
     return Analysis(d.names, point[:, 0], reps, reached.mean(1), protocol, ci,
