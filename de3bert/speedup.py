@@ -17,6 +17,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+_EPS = 1e-9  # a speed-up this close below a target counts as reaching it
+
 
 class _Replayable(Protocol):
     num_layers: int
@@ -25,16 +27,22 @@ class _Replayable(Protocol):
     def replay(self, record: dict, knobs) -> torch.Tensor: ...
 
 
+def speedups_along_last_axis(exit_layers, num_layers: int) -> np.ndarray:
+    """L·n / Σ exit layers along the last axis of exits `[..., N]` (one value per knob value);
+    numpy or torch input. Every other speed-up helper, and the bootstrap, calls this."""
+    e = exit_layers.double().numpy() if isinstance(exit_layers, torch.Tensor) else exit_layers
+    e = np.asarray(e, dtype=np.float64)
+    return num_layers * e.shape[-1] / e.sum(-1)
+
+
 def layer_speedup(exit_layers, num_layers: int) -> float:
     """L·N / Σ exit layers for exits `[N]` (1-based)."""
-    e = torch.as_tensor(exit_layers)
-    return float(num_layers * e.numel() / e.sum().item())
+    return float(speedups_along_last_axis(exit_layers, num_layers))
 
 
-def layer_speedups(exit_layers: torch.Tensor, num_layers: int) -> list[float]:
+def layer_speedups(exit_layers, num_layers: int) -> list[float]:
     """`layer_speedup` of every row of exits `[K, N]` (one per knob value)."""
-    e = torch.as_tensor(exit_layers)
-    return (num_layers * e.shape[1] / e.sum(1).double()).tolist()
+    return speedups_along_last_axis(exit_layers, num_layers).tolist()
 
 
 def flops_speedup(exit_layers: np.ndarray, lengths: np.ndarray, method, full) -> tuple[float, float]:
@@ -56,12 +64,36 @@ def modelled_speedup(times: dict, full_times: dict, exit_layers) -> float:
     return float(full * len(e) / cum[e - 1].sum())
 
 
+def choose_knobs(speedups: np.ndarray, targets: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Knob index per target: smallest speed-up ≥ target (first on ties), else the fastest knob.
+
+    ``speedups`` [..., K] → (knobs [..., T], reached [..., T]). One stable sort per row and one
+    ``searchsorted`` over all rows (offset so rows never overlap) keep thousands of replicates cheap.
+    """
+    sp = np.asarray(speedups, dtype=np.float64)
+    K = sp.shape[-1]
+    flat = sp.reshape(-1, K)
+    t = np.asarray(targets, dtype=np.float64)
+    finite = flat[np.isfinite(flat)]
+    cap = max(finite.max(initial=1.0), t.max(initial=1.0)) + 1.0  # above every real value: +inf → cap
+    v = np.where(np.isnan(flat), -1.0, np.minimum(flat, cap)) + 1.0  # in [0, cap + 1]
+    order = np.argsort(v, axis=1, kind="stable")
+    off = np.arange(flat.shape[0])[:, None] * (cap + 3.0)
+    rows = (np.take_along_axis(v, order, 1) + off).ravel()
+    pos = np.searchsorted(rows, (t[None] + 1.0 - _EPS + off).ravel())
+    pos = pos.reshape(flat.shape[0], t.size) - np.arange(flat.shape[0])[:, None] * K
+    reached = pos < K
+    knob = np.take_along_axis(order, np.minimum(pos, K - 1), 1)
+    knob = np.where(reached, knob, v.argmax(1)[:, None])
+    return knob.reshape(*sp.shape[:-1], t.size), reached.reshape(*sp.shape[:-1], t.size)
+
+
 def operating_point(speedups: Sequence[float], target: float) -> int | None:
     """Index of the smallest speed-up ≥ `target` (the first on ties); None if none reaches it."""
-    ok = [i for i, s in enumerate(speedups) if s >= target - 1e-9]
-    if not ok:
+    if len(speedups) == 0:
         return None
-    return min(ok, key=lambda i: (speedups[i], i))
+    knob, reached = choose_knobs(np.asarray(speedups, dtype=np.float64), [target])
+    return int(knob[0]) if reached[0] else None
 
 
 def operating_points(speedups: Sequence[float], targets: Sequence[float]) -> dict[float, int]:

@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats as sps
 
+from .speedup import choose_knobs
+from .speedup import speedups_along_last_axis as layer_speedup
+
 PROTOCOLS = ("crossfit", "dev", "train-holdout")
 PROTOCOL_LABELS = {
     "crossfit": "cross-fitted operating points (knob chosen on the other fold)",
@@ -135,36 +138,6 @@ def as_metric(metric: str | Callable) -> Callable:
 
 
 # ---------------------------------------------------------------------------------------- selection
-
-
-def layer_speedup(exits: np.ndarray, n_layers: int) -> np.ndarray:
-    """Layer speed-up L·n / Σ exit layers along the last axis (one value per knob)."""
-    exits = np.asarray(exits, dtype=np.float64)
-    return n_layers * exits.shape[-1] / exits.sum(-1)
-
-
-def choose_knobs(speedups: np.ndarray, targets: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Knob index per target: smallest speed-up ≥ target (first on ties), else the fastest knob.
-
-    ``speedups`` [..., K] → (knobs [..., T], reached [..., T]). One stable sort per row and one
-    ``searchsorted`` over all rows (offset so rows never overlap) keep thousands of replicates cheap.
-    """
-    sp = np.asarray(speedups, dtype=np.float64)
-    K = sp.shape[-1]
-    flat = sp.reshape(-1, K)
-    t = np.asarray(targets, dtype=np.float64)
-    finite = flat[np.isfinite(flat)]
-    cap = max(finite.max(initial=1.0), t.max(initial=1.0)) + 1.0  # above every real value: +inf → cap
-    v = np.where(np.isnan(flat), -1.0, np.minimum(flat, cap)) + 1.0  # in [0, cap + 1]
-    order = np.argsort(v, axis=1, kind="stable")
-    off = np.arange(flat.shape[0])[:, None] * (cap + 3.0)
-    rows = (np.take_along_axis(v, order, 1) + off).ravel()
-    pos = np.searchsorted(rows, (t[None] + 1.0 - _EPS + off).ravel())
-    pos = pos.reshape(flat.shape[0], t.size) - np.arange(flat.shape[0])[:, None] * K
-    reached = pos < K
-    knob = np.take_along_axis(order, np.minimum(pos, K - 1), 1)
-    knob = np.where(reached, knob, v.argmax(1)[:, None])
-    return knob.reshape(*sp.shape[:-1], t.size), reached.reshape(*sp.shape[:-1], t.size)
 
 
 def stratified_folds(labels, seed: int, n_folds: int = 2, regression: bool | None = None) -> np.ndarray:
