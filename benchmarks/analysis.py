@@ -40,21 +40,32 @@ def _layer_signals(rec: dict[str, torch.Tensor], layer: int) -> dict[str, torch.
     return {k: v if k == "labels" else v[layer - 1] for k, v in rec.items()}
 
 
-def indicator_rows(task: str, recipe: str, rec: dict[str, torch.Tensor]) -> list[dict]:
-    """AUROC rows (task, indicator, layer) of every threshold method on one record."""
-    rows = []
+def indicator_scores(recipe: str, rec: dict[str, torch.Tensor]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{method: (score [L-1, N], correct [L-1, N])} of every threshold method on one record; low
+    score = confident (an `exit_above` policy's score is negated), as AUROC expects."""
+    out = {}
     L, C = rec["logits"].shape[0], rec["logits"].shape[-1]
     for name, method in indicator_methods(recipe).items():
         policy = method.make_policy(C, L)
         if any(k not in rec for k in policy.needs):
             continue
+        scores, correct = [], []
         for layer in range(1, L):
             sig = _layer_signals(rec, layer)
             score = policy.score(layer, sig).double()
-            score = -score if policy.exit_above else score  # low = confident, as AUROC expects
-            correct = predictions(sig["logits"]) == rec["labels"]
-            rows.append({"task": task, "indicator": f"{name} ({policy.name})", "layer": layer,
-                         "auroc": indicator_auroc(score, correct)})
+            scores.append((-score if policy.exit_above else score).numpy())
+            correct.append((predictions(sig["logits"]) == rec["labels"]).numpy())
+        out[name] = (np.stack(scores), np.stack(correct))
+    return out
+
+
+def indicator_rows(task: str, recipe: str, rec: dict[str, torch.Tensor]) -> list[dict]:
+    """AUROC rows (task, indicator, layer) of every threshold method on one record."""
+    rows = []
+    for name, (score, correct) in indicator_scores(recipe, rec).items():
+        policy_name = all_methods()[name].policy.name
+        rows += [{"task": task, "indicator": f"{name} ({policy_name})", "layer": layer + 1,
+                  "auroc": indicator_auroc(score[layer], correct[layer])} for layer in range(len(score))]
     return rows
 
 

@@ -7,6 +7,8 @@ Input shape (plain dict; arrays may be lists or numpy arrays)::
 
     {
       "protocol": "crossfit",                 # optional (crossfit | dev | train-holdout)
+      "indicator_pairs": [["de3", "de3-entropy"]],   # claim 2: AUROC a − b per layer
+      (per task, optional) "baselines": [...]  # claim 1's baselines (default: not de3*, not oracle)
       "overhead": [{"task": ..., "flops_vs_layer_%": ..., "params_vs_layer_%": ...}],  # optional,
                                               #   rows as benchmarks.analysis.overhead() gives them
       "tasks": {
@@ -42,8 +44,7 @@ import numpy as np
 
 from de3bert import stats as st
 
-INDICATOR_PAIRS = (("de3 EDR (λ=1)", "de3 entropy (λ=0)"), ("de3 EDR (λ=1)", "deebert entropy"))
-NOT_BASELINES = ("oracle",)
+NOT_BASELINES = ("oracle",)  # used only when the input names no `baselines` (hand-made inputs)
 
 
 def verdict(c: st.Comparison, alpha: float) -> str:
@@ -125,7 +126,10 @@ def _task_analysis(name: str, task: Mapping, protocol: str, n_boot: int, seed: i
 def _claim1_rows(name: str, task: Mapping, a: st.Analysis, de3: str) -> list[dict]:
     """DE³ − every baseline at every target of one task (q-values attached later, across tasks)."""
     full = task.get("full_model", "full-model")
-    bases = [m for m in a.methods if not m.startswith("de3") and m != full and m not in NOT_BASELINES]
+    if "baselines" in task:  # declared by the run loader from the registry (family, report_only)
+        bases = [m for m in task["baselines"] if m in a.methods]
+    else:
+        bases = [m for m in a.methods if not m.startswith(de3) and m != full and m not in NOT_BASELINES]
     rows = []
     for t in task["targets"]:
         est = {m: a.point[a.row(m, "metric", t)] for m in bases}
@@ -150,13 +154,13 @@ def _claim1_rows(name: str, task: Mapping, a: st.Analysis, de3: str) -> list[dic
     return rows
 
 
-def _claim2_rows(name: str, ind: st.Analysis | None) -> list[dict]:
+def _claim2_rows(name: str, ind: st.Analysis | None, pairs: Sequence[Sequence[str]]) -> list[dict]:
     """EDR − entropy AUROC per layer for every indicator pair present."""
     if ind is None:
         return []
     have = set(ind.methods)
     rows = []
-    for a, b in INDICATOR_PAIRS:
+    for a, b in pairs:
         if a in have and b in have:
             layers = sorted({n[2] for n in ind.names if n[0] == a} & {n[2] for n in ind.names if n[0] == b})
             rows += [
@@ -202,12 +206,19 @@ def _cannot_decide(rows: list[dict], what: str) -> str:
     return text
 
 
+def analyse_tasks(results: Mapping, n_boot: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """`_task_analysis` of every task (the report's tables and the claims share these)."""
+    protocol = results.get("protocol", "crossfit")
+    return {n: _task_analysis(n, t, protocol, n_boot, seed) for n, t in results["tasks"].items()}
+
+
 def build_claims(
-    results: Mapping, de3: str = "de3", alpha: float = 0.05, n_boot: int = 1000, seed: int = 0
+    results: Mapping, de3: str = "de3", alpha: float = 0.05, n_boot: int = 1000, seed: int = 0,
+    analyses: Mapping[str, dict] | None = None,
 ) -> dict:
     """Every claim's rows, verdicts and plain-language summaries, from the results structure."""
     protocol = results.get("protocol", "crossfit")
-    per = {n: _task_analysis(n, t, protocol, n_boot, seed) for n, t in results["tasks"].items()}
+    per = analyses if analyses is not None else analyse_tasks(results, n_boot, seed)
     ok = [n for n in per if per[n]["learned"].learned]
     c1 = _adjust_rows(
         [
@@ -218,7 +229,8 @@ def build_claims(
         ],
         alpha,
     )
-    c2 = _adjust_rows([r for n in ok for r in _claim2_rows(n, per[n]["indicators"])], alpha)
+    pairs = results.get("indicator_pairs", [])
+    c2 = _adjust_rows([r for n in ok for r in _claim2_rows(n, per[n]["indicators"], pairs)], alpha)
     c4 = [
         {"task": n, "target": float(t), "headroom": per[n]["analysis"].difference("oracle", de3, "metric", t)}
         for n in ok
@@ -413,8 +425,8 @@ def demo_results(n: int = 800, seed: int = 0, n_seeds: int = 2) -> dict:
             ms = {m: method(k) for m, k in skills.items()}
             c = ms["de3"]["correct"]
             ind = {
-                "de3 EDR (λ=1)": {"score": np.where(c, 0.0, 0.6) + rng.random(c.shape), "correct": c},
-                "de3 entropy (λ=0)": {"score": np.where(c, 0.0, 0.3) + rng.random(c.shape), "correct": c},
+                "de3": {"score": np.where(c, 0.0, 0.6) + rng.random(c.shape), "correct": c},
+                "de3-entropy": {"score": np.where(c, 0.0, 0.3) + rng.random(c.shape), "correct": c},
             }
             full = {"exits": np.full((1, n), L), "preds": ms["de3"]["preds"][:1]}
             seeds[str(s)] = {
@@ -435,6 +447,7 @@ def demo_results(n: int = 800, seed: int = 0, n_seeds: int = 2) -> dict:
 
     return {
         "protocol": "crossfit",
+        "indicator_pairs": [["de3", "de3-entropy"]],
         "tasks": {
             "learned-task": task({"de3": 0.93, "pabee": 0.9, "deebert": 0.89}),
             "chance-task": task({"de3": 0.5, "pabee": 0.5, "deebert": 0.5}),
