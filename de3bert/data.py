@@ -45,10 +45,12 @@ class TaskSpec:
 
     @property
     def is_regression(self) -> bool:
+        """One output (STS-B) instead of classes."""
         return self.num_labels == 1
 
     @property
     def headline_metric(self) -> str:
+        """The metric tables rank by."""
         return self.metrics[0]
 
 
@@ -108,6 +110,7 @@ class Example:
 
 
 def _parse_label(task: TaskSpec, raw: str, where: str) -> float | int:
+    """One label cell as a class index or a float score; `where` (file:line) names bad values."""
     raw = raw.strip()
     if task.is_regression:
         try:
@@ -288,6 +291,7 @@ class EncodedDataset(torch.utils.data.Dataset):
     """Tokenised examples (truncated to `max_seq_length`, unpadded); `collate` pads per batch."""
 
     def __init__(self, examples: list[Example], tokenizer, max_seq_length: int, regression: bool):
+        """Tokenise every example once (pairs as pairs)."""
         self.regression = regression
         texts = list(zip(*[e.texts for e in examples], strict=True))
         enc = tokenizer(*texts, truncation=True, max_length=max_seq_length)
@@ -295,12 +299,15 @@ class EncodedDataset(torch.utils.data.Dataset):
         self.labels = [e.label for e in examples]
 
     def __len__(self) -> int:
+        """Number of examples."""
         return len(self.features)
 
     def __getitem__(self, i: int) -> dict:
+        """Features, label and the example's index (so records come back in dataset order)."""
         return {**self.features[i], "labels": self.labels[i], "index": i}
 
     def lengths(self) -> list[int]:
+        """Token count of every example (FLOPs and timing per sample)."""
         return [len(f["input_ids"]) for f in self.features]
 
 
@@ -321,6 +328,7 @@ def collate(items: list[dict], pad_token_id: int = 0) -> dict[str, torch.Tensor]
 
 def make_loader(ds: EncodedDataset, batch_size: int, shuffle: bool, seed: int = 0,
                 pad_token_id: int = 0) -> torch.utils.data.DataLoader:
+    """A loader with dynamic padding; shuffled by its own seeded generator (reproducible order)."""
     gen = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=shuffle, generator=gen,

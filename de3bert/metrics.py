@@ -9,6 +9,7 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, roc_auc
 
 
 def _np(x) -> np.ndarray:
+    """A tensor or sequence as a NumPy array."""
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 

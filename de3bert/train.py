@@ -195,6 +195,7 @@ def _reuse_final(cfg: TrainConfig, fp: dict) -> MultiExitModel | None:
 
 # ---- checkpoints -------------------------------------------------------------------------------
 def _progress_path(out: Path) -> Path:
+    """Where a resumable checkpoint records how far training got."""
     return out / "checkpoint" / "progress.json"
 
 
@@ -236,6 +237,7 @@ class _Run:
 
     @property
     def out(self) -> Path:
+        """The run's output directory."""
         return Path(self.cfg.out_dir)
 
     def mark(self, **fields) -> dict:
