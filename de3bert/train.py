@@ -248,13 +248,16 @@ class _Run:
 
 
 def _check(cfg: TrainConfig) -> None:
-    """Reject invalid training options before anything is loaded."""
+    """Reject invalid options (and a recipe that cannot run the task) before anything is loaded."""
     if cfg.grad_accum_steps < 1:
         raise ValueError(f"grad_accum_steps must be ≥ 1, got {cfg.grad_accum_steps}")
     if not cfg.max_grad_norm >= 0:
         raise ValueError(f"max_grad_norm must be ≥ 0 (0 = off), got {cfg.max_grad_norm}")
     if cfg.on_config_change not in ("retrain", "error"):
         raise ValueError(f"on_config_change must be retrain or error, got {cfg.on_config_change!r}")
+    task, recipe = get_task(cfg.task), get_recipe(cfg.recipe)
+    if task.is_regression and not recipe.supports_regression:
+        raise ValueError(f"recipe {cfg.recipe!r} does not support regression task {task.name!r}")
 
 
 def _setup(cfg: TrainConfig, accelerator: Accelerator | None, fp: dict) -> _Run:
@@ -265,8 +268,6 @@ def _setup(cfg: TrainConfig, accelerator: Accelerator | None, fp: dict) -> _Run:
         cpu=not torch.cuda.is_available(),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     task, recipe = get_task(cfg.task), get_recipe(cfg.recipe)
-    if task.is_regression and not recipe.supports_regression:
-        raise ValueError(f"recipe {cfg.recipe!r} does not support regression task {task.name!r}")
     seed_everything(cfg.seed)
     tok = load_tokenizer(cfg.backbone)
     examples = load_examples(task, "train", cfg.data_dir or None, cfg.train_limit or None, cfg.seed)
