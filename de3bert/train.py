@@ -294,7 +294,7 @@ def _resume(run: _Run) -> None:
     run.t0 = time.perf_counter() - run.progress["seconds"]
 
 
-def _loader(run: _Run, s_idx: int, epoch: int):
+def _loader(run: _Run, s_idx: int, epoch: int) -> torch.utils.data.DataLoader:
     """An epoch's shuffled loader; with several processes, sharded (its length is per process)."""
     loader = make_loader(run.ds, run.cfg.batch_size, shuffle=True,
                          seed=run.cfg.seed * 1000 + s_idx * 100 + epoch, pad_token_id=run.pad_id)
@@ -345,7 +345,8 @@ def _start_stage(run: _Run, s_idx: int, stage: Stage) -> _Stage:
     return _Stage(s_idx, stage, params, wrapped, optimizer, scheduler, total, step, bar)
 
 
-def _micro_step(run: _Run, st: _Stage, batch: dict, step_in_epoch: int, scale: int, sync: bool):
+def _micro_step(run: _Run, st: _Stage, batch: dict, step_in_epoch: int, scale: int,
+                sync: bool) -> tuple[dict, list, torch.Tensor]:
     """Forward and backward of one micro-batch, loss scaled by 1/`scale` (its accumulation group);
     gradients are all-reduced only on the group's last micro-batch (`sync`)."""
     acc = run.accelerator
