@@ -16,6 +16,7 @@ import de3bert.data as data_mod
 from de3bert.train import TrainConfig, train
 
 N_TRAIN, BATCH, EPOCHS, WORLD = 48, 4, 2, 2  # global batch 8: 6 optimizer steps per epoch
+UNEVEN = 44
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,11 @@ def _worker(rank: int, world: int, tmp: str, backbone: str) -> None:
         with pytest.MonkeyPatch.context() as mp:
             spy = Spy(mp)
             model = train(_cfg(backbone, Path(tmp) / "run"))
-        torch.save({"batches": spy.batches, "steps": spy.steps,
+        with pytest.MonkeyPatch.context() as mp:  # n = 44 is not a multiple of the global batch 8
+            uneven = Spy(mp)
+            train(_cfg(backbone, Path(tmp) / "uneven", train_limit=UNEVEN, epochs=1))
+        torch.save({"batches": spy.batches, "steps": spy.steps, "uneven": uneven.batches,
+                    "uneven_steps": uneven.steps,
                     "state": {k: v.detach().clone() for k, v in model.state_dict().items()}},
                    Path(tmp) / f"rank{rank}.pt")
     finally:
@@ -108,6 +113,16 @@ def test_two_processes_see_each_sample_once_per_epoch(two_process_run):
         part = slice(e * steps_per_epoch, (e + 1) * steps_per_epoch)
         epoch = sorted(i for res in two_process_run for b in res["batches"][part] for i in b)
         assert epoch == list(range(N_TRAIN)), f"epoch {e} does not cover the set exactly once"
+
+
+def test_uneven_last_global_batch_is_topped_up(two_process_run):
+    """44 samples, global batch 8: ceil(44/8) = 6 steps; Accelerate's even_batches fills the last
+    global batch with 4 samples from the epoch's start, so 48 are seen and every sample at least once."""
+    steps = math.ceil(UNEVEN / (WORLD * BATCH))
+    assert all(len(res["uneven_steps"]) == steps for res in two_process_run)
+    seen = [i for res in two_process_run for b in res["uneven"] for i in b]
+    assert len(seen) == steps * WORLD * BATCH == 48
+    assert set(seen) == set(range(UNEVEN)) and len(seen) - len(set(seen)) == 48 - UNEVEN
 
 
 def test_two_processes_equal_one_process_at_twice_the_batch(two_process_run, backbone_dir, tmp_path,
