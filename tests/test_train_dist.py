@@ -177,3 +177,31 @@ def test_config_documents_effective_batch_and_lr_convention():
     assert "effective" in docs["batch_size"] and "grad_accum_steps" in docs["batch_size"]
     assert "not scaled" in docs["lr"]
     assert "0 = off" in docs["max_grad_norm"]
+
+
+def test_resume_with_accumulation_matches_uninterrupted(backbone_dir, tmp_path, monkeypatch):
+    """Checkpoints fall on optimizer-step boundaries: a crash inside an accumulation group resumes
+    after the last full step and ends with the uninterrupted run's weights."""
+    import json
+
+    import de3bert.recipes as recipes
+
+    ref = train(_cfg(backbone_dir, tmp_path / "ref", grad_accum_steps=2, epochs=1, checkpoint_every=2))
+    original, calls = recipes.weighted_ce, [0]
+
+    def crash_at_7(*a, **k):
+        calls[0] += 1
+        if calls[0] == 7:  # micro-batch 7 = the first half of step 4; last checkpoint after step 2
+            raise RuntimeError("killed")
+        return original(*a, **k)
+
+    cfg = _cfg(backbone_dir, tmp_path / "run", grad_accum_steps=2, epochs=1, checkpoint_every=2)
+    with monkeypatch.context() as mp:
+        mp.setattr(recipes, "weighted_ce", crash_at_7)
+        with pytest.raises(RuntimeError, match="killed"):
+            train(cfg)
+    progress = json.loads((tmp_path / "run" / "checkpoint" / "progress.json").read_text())
+    assert (progress["global_step"], progress["step_in_epoch"]) == (2, 4)
+    resumed = train(cfg)
+    assert _max_diff({k: v.detach() for k, v in ref.state_dict().items()},
+                     {k: v.detach() for k, v in resumed.state_dict().items()}) < 1e-6
