@@ -8,6 +8,9 @@ the metrics, nothing else.
 from __future__ import annotations
 
 import csv
+import functools
+import hashlib
+import json
 import os
 import random
 from dataclasses import dataclass
@@ -37,13 +40,17 @@ class TaskSpec:
     hub_config: str = ""
     hub_fields: tuple[str, ...] = ()
     hub_dev_split: str = "validation"
+    columns: int = 0  # fields per row of a header-less file (CoLA: 4); 0 = the header's width
+    train_task: str = ""  # a second dev split of another task trains that task's model (mnli-mm)
 
     @property
     def is_regression(self) -> bool:
+        """One output (STS-B) instead of classes."""
         return self.num_labels == 1
 
     @property
     def headline_metric(self) -> str:
+        """The metric tables rank by."""
         return self.metrics[0]
 
 
@@ -51,7 +58,7 @@ TASKS: dict[str, TaskSpec] = {
     t.name: t
     for t in [
         TaskSpec("cola", 2, ("3",), "1", ("mcc",), has_header=False, hub_config="cola",
-                 hub_fields=("sentence",)),
+                 hub_fields=("sentence",), columns=4),
         TaskSpec("sst2", 2, ("sentence",), "label", ("accuracy",), hub_config="sst2",
                  hub_fields=("sentence",)),
         TaskSpec("mrpc", 2, ("#1 String", "#2 String"), "Quality", ("f1", "accuracy"),
@@ -64,6 +71,11 @@ TASKS: dict[str, TaskSpec] = {
                  labels=("entailment", "neutral", "contradiction"), dev_file="dev_matched.tsv",
                  hub_config="mnli", hub_fields=("premise", "hypothesis"),
                  hub_dev_split="validation_matched"),
+        # MNLI's mismatched dev set: the MNLI training set, its own dev file and metric name
+        TaskSpec("mnli-mm", 3, ("sentence1", "sentence2"), "gold_label", ("accuracy_mm",),
+                 labels=("entailment", "neutral", "contradiction"), dev_file="dev_mismatched.tsv",
+                 hub_config="mnli", hub_fields=("premise", "hypothesis"),
+                 hub_dev_split="validation_mismatched", train_task="mnli"),
         TaskSpec("qnli", 2, ("question", "sentence"), "label", ("accuracy",),
                  labels=("entailment", "not_entailment"), hub_config="qnli",
                  hub_fields=("question", "sentence")),
@@ -77,9 +89,10 @@ TASKS: dict[str, TaskSpec] = {
     ]
 }
 TASK_DIRS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP",
-             "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
-_ALIASES = {k.lower().replace("-", ""): k for k in TASKS} | {v.lower().replace("-", ""): k
-                                                            for k, v in TASK_DIRS.items()}
+             "mnli": "MNLI", "mnli-mm": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
+_ALIASES = ({v.lower().replace("-", ""): k for k, v in TASK_DIRS.items() if not TASKS[k].train_task}
+            | {k.lower().replace("-", ""): k for k in TASKS}
+            | {"mnlimatched": "mnli", "mnlim": "mnli", "mnlimismatched": "mnli-mm"})
 
 
 def get_task(name: str) -> TaskSpec:
@@ -97,6 +110,7 @@ class Example:
 
 
 def _parse_label(task: TaskSpec, raw: str, where: str) -> float | int:
+    """One label cell as a class index or a float score; `where` (file:line) names bad values."""
     raw = raw.strip()
     if task.is_regression:
         try:
@@ -120,7 +134,8 @@ def _parse_label(task: TaskSpec, raw: str, where: str) -> float | int:
 
 
 def read_tsv(task: TaskSpec, path: Path) -> list[Example]:
-    """Read one classic GLUE TSV (no quoting, tab-separated). Errors name the file and line."""
+    """Read one classic GLUE TSV (no quoting, tab-separated); every row must have exactly the
+    header's number of fields (CoLA: 4). Errors name the file and line."""
     if not path.is_file():
         raise DataError(f"missing data file {path} for task {task.name}")
     with open(path, encoding="utf-8-sig", newline="") as fh:
@@ -139,14 +154,15 @@ def read_tsv(task: TaskSpec, path: Path) -> list[Example]:
         body, first_line = rows, 1
         idx = [int(c) for c in task.text_fields]
         lab = int(task.label_field)
-        width = max(max(idx), lab) + 1
+        width = task.columns or max(max(idx), lab) + 1
     out = []
     for n, row in enumerate(body, start=first_line):
         where = f"{path}:{n}"
         if not row or (len(row) == 1 and not row[0].strip()):
             continue
-        if len(row) < width:
-            raise DataError(f"{where}: malformed row with {len(row)} fields, expected {width}")
+        if len(row) != width:  # more fields = a stray tab: the columns would be misaligned
+            raise DataError(f"{where}: malformed row with {len(row)} fields, expected {width} "
+                            f"({'a stray tab?' if len(row) > width else 'missing fields'})")
         out.append(Example(tuple(row[i] for i in idx), _parse_label(task, row[lab], where)))
     if not out:
         raise DataError(f"{path}: no data rows (empty split)")
@@ -194,23 +210,71 @@ def load_examples(task: TaskSpec, split: str, data_dir: str | os.PathLike | None
     """
     if split not in ("train", "dev"):
         raise ValueError(f"unknown split {split!r}; valid: train, dev")
+    path = data_file(task, split, data_dir)
     if task.name == "synthetic":
         examples = synthetic_examples(split, 800 if split == "train" else 400, seed)
+    elif path is not None:
+        examples = read_tsv(task, path)
     else:
-        data_dir = resolve_data_dir(data_dir)
-        if data_dir:
-            root = Path(data_dir)
-            if not root.is_dir():
-                raise DataError(f"data dir {root} does not exist")
-            fname = "train.tsv" if split == "train" else task.dev_file
-            examples = read_tsv(task, root / TASK_DIRS[task.name] / fname)
-        else:
-            examples = _load_hub(task, split)
+        examples = _load_hub(task, split)
     if limit is not None and 0 < limit < len(examples):
         rng = random.Random(seed)
         keep = sorted(rng.sample(range(len(examples)), limit))
         examples = [examples[i] for i in keep]
     return examples
+
+
+def data_file(task: TaskSpec, split: str, data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The local TSV `load_examples` reads (`data_dir`, else $GLUE_DIR); None for the Hub/synthetic."""
+    if split not in ("train", "dev"):
+        raise ValueError(f"unknown split {split!r}; valid: train, dev")
+    data_dir = resolve_data_dir(data_dir)
+    if task.name == "synthetic" or not data_dir:
+        return None
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"data dir {root} does not exist")
+    return root / TASK_DIRS[task.name] / ("train.tsv" if split == "train" else task.dev_file)
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a file, cached on (path, size, mtime)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of one file (hashed once while its size and mtime are unchanged)."""
+    st = os.stat(path)
+    return _file_sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def examples_sha256(examples: list[Example]) -> str:
+    """SHA-256 of the (texts, label) rows, for data that is not one local file."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps([list(e.texts), e.label]).encode())
+    return h.hexdigest()
+
+
+def source_identity(task: TaskSpec, split: str, data_dir: str | os.PathLike | None = None) -> dict:
+    """Where a split comes from and a SHA-256 of it: the local file's bytes, else the rows read
+    (the synthetic generator, the Hub dataset); before any subsampling."""
+    path = data_file(task, split, data_dir)
+    if path is not None:
+        if not path.is_file():
+            raise DataError(f"missing data file {path} for task {task.name}")
+        return {"data_source": str(path.resolve()), "data_sha256": file_sha256(path)}
+    if task.name == "synthetic":
+        rows = synthetic_examples(split, 800 if split == "train" else 400, 0)
+        return {"data_source": "synthetic", "data_sha256": examples_sha256(rows)}
+    hub_split = "train" if split == "train" else task.hub_dev_split
+    return {"data_source": f"hub:nyu-mll/glue/{task.hub_config}/{hub_split}",
+            "data_sha256": examples_sha256(_load_hub(task, split))}
 
 
 def _load_hub(task: TaskSpec, split: str) -> list[Example]:
@@ -235,6 +299,7 @@ class EncodedDataset(torch.utils.data.Dataset):
     """Tokenised examples (truncated to `max_seq_length`, unpadded); `collate` pads per batch."""
 
     def __init__(self, examples: list[Example], tokenizer, max_seq_length: int, regression: bool):
+        """Tokenise every example once (pairs as pairs)."""
         self.regression = regression
         texts = list(zip(*[e.texts for e in examples], strict=True))
         enc = tokenizer(*texts, truncation=True, max_length=max_seq_length)
@@ -242,12 +307,15 @@ class EncodedDataset(torch.utils.data.Dataset):
         self.labels = [e.label for e in examples]
 
     def __len__(self) -> int:
+        """Number of examples."""
         return len(self.features)
 
     def __getitem__(self, i: int) -> dict:
+        """Features, label and the example's index (so records come back in dataset order)."""
         return {**self.features[i], "labels": self.labels[i], "index": i}
 
     def lengths(self) -> list[int]:
+        """Token count of every example (FLOPs and timing per sample)."""
         return [len(f["input_ids"]) for f in self.features]
 
 
@@ -268,6 +336,7 @@ def collate(items: list[dict], pad_token_id: int = 0) -> dict[str, torch.Tensor]
 
 def make_loader(ds: EncodedDataset, batch_size: int, shuffle: bool, seed: int = 0,
                 pad_token_id: int = 0) -> torch.utils.data.DataLoader:
+    """A loader with dynamic padding; shuffled by its own seeded generator (reproducible order)."""
     gen = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=shuffle, generator=gen,

@@ -336,6 +336,20 @@ def test_head_flops_visible(recipe):
         assert flops == 2 * t * hdim * w + 2 * 2 * t * w * w + 3 * 2 * w * w + 2 * 2 * t * w + 2 * w * 2
     if recipe == "past-future":  # pooler, L−1 future predictors, this layer's slot (2C), L−1 future slots (C)
         assert flops == 2 * hdim * hdim * (1 + (L - 1)) + 2 * hdim * 2 * 2 + 2 * hdim * 2 * (L - 1)
+    if recipe == "alternate-lte":  # mean pooling (no product), off-ramp classifier H→C, LTE unit H→1
+        assert flops == 2 * hdim * 2 + 2 * hdim
+
+
+def test_berxit_head_flops_with_cls_pooling():
+    """With [CLS] pooling each off-ramp adds its own pooler's dense H→H on the first token only."""
+    model = build("alternate-lte", attn="eager", pooling="cls").eval()
+    hdim = 32
+    for t in (5, 17):
+        hidden, mask = torch.randn(1, t, hdim), torch.ones(1, t, dtype=torch.long)
+        state = model.heads.init_state(1, torch.device("cpu"))
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model.heads.forward_layer(2, hidden, mask, state)
+        assert counter.get_total_flops() == 2 * hdim * hdim + 2 * hdim * 2 + 2 * hdim
 
 
 def test_fastbert_head_equals_full_self_attention_first_row():

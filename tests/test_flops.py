@@ -95,3 +95,46 @@ def test_de3_heads_count_projection_classifier_and_distances():
     for n in (5, 40):
         _, _, heads = count_components(de3, n)
         assert heads == [2 * H * C + 2 * H * H + 3 * C * H] * L
+
+
+class _Logits(torch.nn.Module):
+    """The full multi-exit forward with a tuple of tensors as output (fvcore traces with jit)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, attn):
+        return tuple(s["logits"] for s in self.model(ids, attn))
+
+
+def _fvcore_flops(model, ids, attn) -> int:
+    """fvcore's matrix-product MACs × 2 for the whole forward (LayerNorm is left out, as above)."""
+    fvcore = pytest.importorskip("fvcore.nn")
+    analysis = fvcore.FlopCountAnalysis(_Logits(model).eval(), (ids, attn))
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    by_op = analysis.by_operator()
+    assert set(by_op) <= {"linear", "matmul", "layer_norm"}, by_op
+    return 2 * (by_op["linear"] + by_op["matmul"])
+
+
+def test_fvcore_full_forward_with_padding_mask(model):
+    """A padded batch of two (the second row masked after 12 of 20 tokens): fvcore, FlopCounterMode
+    and the analytic count agree on the padded width; the short row alone costs its own length,
+    which is what the quadratic fit charges it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    n, m = 20, 12
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 1000, (2, n), generator=g)
+    attn = torch.ones(2, n, dtype=torch.long)
+    attn[1, m:] = 0
+    padded = 2 * L * (layer_flops(n) + 2 * H * C)
+    assert _fvcore_flops(model, ids, attn) == padded
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        _Logits(model)(ids, attn)
+    assert counter.get_total_flops() == padded
+    alone = _fvcore_flops(model, ids[1:, :m], attn[1:, :m])
+    assert alone == L * (layer_flops(m) + 2 * H * C)
+    fitted = depth_flops(model).cumulative(np.array([m]))[-1, 0]
+    assert fitted == pytest.approx(alone, rel=1e-9)

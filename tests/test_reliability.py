@@ -646,7 +646,8 @@ def test_trained_models_are_safetensors(smoke_run):
     assert len(finals) == len(recipes)
     for final in finals:
         files = {str(p.relative_to(final)) for p in final.rglob("*") if p.is_file()}
-        assert files == {"model.safetensors", "multiexit.json", "encoder/config.json"}, (final, files)
+        assert files == {"model.safetensors", "multiexit.json", "encoder/config.json",
+                         "config_hash.json"}, (final, files)
     records = list(smoke_run.glob("records/*/*.safetensors"))
     assert len(records) == len(recipes)
     suffixes = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
