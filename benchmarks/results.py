@@ -76,9 +76,21 @@ class Results:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
 
-    def done(self, task: str, method: str, seed: int) -> bool:
-        """Whether the group (task, method, seed) is already complete."""
-        return any(group_key(r) == (task, method, seed) for r in self.rows)
+    def done(self, task: str, method: str, seed: int, key: str | None = None) -> bool:
+        """Whether the group (task, method, seed) is complete and was made with config `key`.
+
+        A group made with another configuration is dropped here (and recomputed by the caller),
+        so a table never mixes rows of two configurations."""
+        rows = [r for r in self.rows if group_key(r) == (task, method, seed)]
+        if not rows:
+            return False
+        if key is None or all(r.get("group_hash") == key for r in rows):
+            return True
+        tqdm.write(f"[runner] {task} × {method} (seed {seed}) was made with another configuration; "
+                   "recomputing it")
+        self.rows = [r for r in self.rows if group_key(r) != (task, method, seed)]
+        self._write()
+        return False
 
     def add_group(self, rows: list[dict]) -> None:
         """Append one complete group and rewrite the file atomically."""

@@ -10,6 +10,7 @@ for a recipe and a policy and reads signals.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import platform
 import subprocess
@@ -35,11 +36,11 @@ from de3bert.engine import record_signals, replay_predictions
 from de3bert.flops import DepthFlops, depth_flops
 from de3bert.metrics import glue_metrics
 from de3bert.model import MultiExitModel
-from de3bert.record import CorruptRecord, atomic_write_text, load_record, save_record
+from de3bert.record import CorruptRecord, atomic_write_text, load_record, record_meta, save_record
 from de3bert.registry import get_method
 from de3bert.speedup import flops_speedup, layer_speedup, modelled_speedup, operating_points, refine_grid
 from de3bert.timing import compare_wallclock, component_times
-from de3bert.train import TrainConfig, train
+from de3bert.train import TrainConfig, config_hash, train
 
 from .layout import RunLayout
 from .profiles import Profile
@@ -83,6 +84,7 @@ class Runner:
                      "threads": profile.threads, "dtype": "float32", "host": platform.node(),
                      "cpu": platform.processor() or platform.machine()}
         self.stats: dict[str, dict] = {}  # per task: replay cost against one recording pass
+        self._keys: dict[tuple, str] = {}
 
     # ---- the plan ------------------------------------------------------------------------------
     def plan(self) -> list[dict]:
@@ -127,6 +129,30 @@ class Runner:
                            seed=seed, out_dir=str(self.layout.model_dir(task, recipe, seed)),
                            progress=self.progress, **base)
 
+    def model_key(self, task: str, recipe: str, seed: int) -> str:
+        """The config hash of one training (`de3bert.train.config_hash`): keys its record and caches."""
+        k = (task, recipe, seed)
+        if k not in self._keys:
+            self._keys[k] = config_hash(self.train_config(task, recipe, seed))
+        return self._keys[k]
+
+    def group_hash(self, task: str, method: str, seed: int) -> str:
+        """Hash of everything that determines one result group: the method's model and the full
+        model, the method's options, the dev subset, the targets and the timing settings."""
+        recipe = "single" if method == FULL else get_method(method).recipe
+        options = {} if method == FULL else get_method(method).options
+        payload = {"model": self.model_key(task, recipe, seed), "full": self.model_key(task, "single", seed),
+                   "method": method, "options": options, "dev_limit": self.p.dev_limit,
+                   "targets": self.p.speedup_targets, "timing": self.p.timing}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _cached_json(self, path: Path, key: str) -> dict | None:
+        """A cache file's content if it was made for config `key` (else None: recompute)."""
+        if not path.is_file():
+            return None
+        d = json.loads(path.read_text())
+        return d if d.get("config_hash") == key else None
+
     def trained_model(self, task: str, recipe: str, seed: int) -> MultiExitModel:
         """Train (or load the finished training of) one (task, recipe, seed), on the run's device."""
         return train(self.train_config(task, recipe, seed)).to(self.device)
@@ -147,9 +173,12 @@ class Runner:
 
     def record(self, task: str, recipe: str, seed: int, model: MultiExitModel, ds, tok) -> dict:
         """The dev record of one trained model: loaded if intact, rebuilt if missing or corrupt."""
-        path = self.layout.record(task, recipe, seed)
+        path, key = self.layout.record(task, recipe, seed), self.model_key(task, recipe, seed)
         try:
-            return load_record(path)
+            rec = load_record(path)
+            if record_meta(path).get("config_hash") == key:
+                return rec
+            tqdm.write(f"[runner] {path} was recorded from another configuration; rebuilding it")
         except FileNotFoundError:
             pass
         except CorruptRecord as err:
@@ -159,28 +188,32 @@ class Runner:
         rec = record_signals(model, loader, progress=self.progress)
         self._stat(task, "record_seconds", time.perf_counter() - t0)
         self._stat(task, "records", 1)
-        save_record(rec, path, {"task": task, "recipe": recipe, "seed": seed,
+        save_record(rec, path, {"task": task, "recipe": recipe, "seed": seed, "config_hash": key,
                                 "seconds": time.perf_counter() - t0,
                                 "mean_length": float(np.mean(ds.lengths()))})
         return rec
 
     def flops(self, task: str, recipe: str, seed: int) -> DepthFlops:
+        """FLOPs per component of one trained model (cached next to it, keyed by its config)."""
         path = self.layout.model_dir(task, recipe, seed) / "flops.json"
-        if path.is_file():
-            d = json.loads(path.read_text())
+        key = self.model_key(task, recipe, seed)
+        d = self._cached_json(path, key)
+        if d is not None:
             return DepthFlops(np.array(d["embed"]), np.array(d["layers"]), np.array(d["heads"]))
         eager = MultiExitModel.load(path.parent / "final", attn_implementation="eager")
         f = depth_flops(eager)
         atomic_write_text(path, json.dumps({"embed": f.embed.tolist(), "layers": f.layers.tolist(),
-                                            "heads": f.heads.tolist()}))
+                                            "heads": f.heads.tolist(), "config_hash": key}))
         return f
 
     def times(self, task: str, recipe: str, seed: int, model, items) -> dict:
+        """Per-component batch-1 times of one trained model (the timing model; cached, keyed)."""
         path = self.layout.model_dir(task, recipe, seed) / "times.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        t = component_times(model, items[: min(len(items), 24)], repeats=2)
-        atomic_write_text(path, json.dumps(t))
+        key = self.model_key(task, recipe, seed)
+        t = self._cached_json(path, key)
+        if t is None:
+            t = {**component_times(model, items[: min(len(items), 24)], repeats=2), "config_hash": key}
+            atomic_write_text(path, json.dumps(t))
         return t
 
     def _stat(self, task: str, key: str, value: float) -> None:
@@ -189,9 +222,12 @@ class Runner:
 
     # ---- rows ----------------------------------------------------------------------------------
     def base_row(self, task, method, recipe, seed, model) -> dict:
+        """Fields every row of a group shares: what was run, with which configuration, where."""
         return {"task": task, "method": method, "recipe": recipe, "seed": seed,
                 "backbone": self.p.backbone, "profile": self.p.name,
-                "num_layers": model.num_layers,
+                "num_layers": model.num_layers, "config_hash": self.model_key(task, recipe, seed),
+                "group_hash": self.group_hash(task, method, seed),
+                "operating_point_selection": "dev",  # `operating_point` marks: tuned and scored on dev
                 "config": {"train": model.meta.get("train_config", {}),
                            "model": {k: v for k, v in model.meta.items() if k != "train_config"}},
                 "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **self.meta}
@@ -234,11 +270,12 @@ class Runner:
     def run_task(self, task: str, seed: int, steps: list[dict], bar) -> None:
         spec = get_task(task)
         replays = [s for s in steps if s["kind"] == "replay"]
-        todo = [s for s in replays if not s["skip"] and not self.results.done(task, s["method"], seed)]
+        todo = [s for s in replays if not s["skip"]
+                and not self.results.done(task, s["method"], seed, self.group_hash(task, s["method"], seed))]
         for s in replays:
             if s["skip"]:
                 tqdm.write(f"[runner] skip {task} × {s['method']}: {s['skip']}")
-        need_full = not self.results.done(task, FULL, seed)
+        need_full = not self.results.done(task, FULL, seed, self.group_hash(task, FULL, seed))
         if not todo and not need_full:
             bar.update(len(steps))
             return
@@ -268,7 +305,8 @@ class Runner:
                 "operating_point": None, "n_samples": len(ds)}
             self.results.add_group([row])
         for s in replays:
-            if s["skip"] or self.results.done(task, s["method"], seed):
+            if s["skip"] or self.results.done(task, s["method"], seed,
+                                              self.group_hash(task, s["method"], seed)):
                 bar.update(1)
                 continue
             bar.set_postfix_str(f"replay {task} {s['method']}")

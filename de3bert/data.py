@@ -105,6 +105,8 @@ def get_task(name: str) -> TaskSpec:
 
 @dataclass
 class Example:
+    """One labelled input: one text (single-sentence tasks) or two (pairs)."""
+
     texts: tuple[str, ...]
     label: float | int
 

@@ -1,0 +1,43 @@
+"""Changed settings never reuse old work: records, caches and result groups are keyed by the
+configuration that made them (issue 12, item 1; the training half is in test_train_hash.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from benchmarks.cli import main
+from benchmarks.results import read_rows
+
+PROFILE = {"name": "keys", "backbone": "tiny-random", "tasks": ["synthetic"], "methods": ["pabee", "deebert"],
+           "seeds": [0], "dev_limit": 48, "threads": 1, "speedup_targets": [1.5],
+           "train": {"max_seq_length": 32, "batch_size": 32, "lr": 0.001, "epochs": 1, "train_limit": 96,
+                     "checkpoint_every": 1000},
+           "timing": {"samples": 4, "repeats": 1, "warmup": 1, "batch_size": 4, "methods": []}}
+
+
+def _run(tmp_path: Path, out: Path, **train) -> list[dict]:
+    prof = {**PROFILE, "train": {**PROFILE["train"], **train}}
+    path = tmp_path / f"keys-{len(list(tmp_path.glob('keys-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(prof))
+    assert main(["run", "--profile", str(path), "--out", str(out), "--no-progress"]) == 0
+    return read_rows(out / "results.jsonl")
+
+
+def test_a_changed_config_recomputes_every_group_and_never_mixes_rows(tmp_path, capsys):
+    out = tmp_path / "out"
+    first = _run(tmp_path, out)
+    record_meta = json.loads((out / "records/synthetic/weighted-s0.safetensors.json").read_text())["meta"]
+    again = _run(tmp_path, out)  # same settings: everything reused, rows unchanged
+    assert [r["date"] for r in again] == [r["date"] for r in first]
+    assert "another configuration" not in capsys.readouterr().out
+    changed = _run(tmp_path, out, lr=0.05)
+    hashes = {r["config_hash"] for r in changed if r["recipe"] == "weighted"}
+    assert len(hashes) == 1 and hashes != {r["config_hash"] for r in first if r["recipe"] == "weighted"}
+    assert len({r["group_hash"] for r in changed if r["method"] == "pabee"}) == 1  # no mixed groups
+    assert all(r["config"]["train"]["lr"] == 0.05 for r in changed if r["method"] != "full-model")
+    new_meta = json.loads((out / "records/synthetic/weighted-s0.safetensors.json").read_text())["meta"]
+    assert new_meta["config_hash"] != record_meta["config_hash"]  # the record was rebuilt
+    assert "another configuration" in capsys.readouterr().out
