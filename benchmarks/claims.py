@@ -86,7 +86,8 @@ def _learned(task: Mapping, seeds: Mapping[str, dict]) -> st.Verdict:
     return st.learned(scores, labels, headline)
 
 
-def _task_analysis(name: str, task: Mapping, protocol: str, n_boot: int, seed: int) -> dict:
+def _task_analysis(name: str, task: Mapping, protocol: str, n_boot: int, seed: int,
+                   ci: str = "percentile") -> dict:
     """Paired (and, with several seeds, hierarchical) bootstrap of one task's methods and indicators."""
     seeds = {s: _records(b) for s, b in task["seeds"].items()}
     s_max = min(st.common_s_max(recs, int(task["n_layers"])) for recs in seeds.values())  # one curve grid
@@ -102,6 +103,7 @@ def _task_analysis(name: str, task: Mapping, protocol: str, n_boot: int, seed: i
             seed=seed + i,
             fold_seed=seed + i,
             s_max=s_max,
+            ci=ci,
         )
         for i, recs in enumerate(seeds.values())
     ]
@@ -206,10 +208,11 @@ def _cannot_decide(rows: list[dict], what: str) -> str:
     return text
 
 
-def analyse_tasks(results: Mapping, n_boot: int = 1000, seed: int = 0) -> dict[str, dict]:
+def analyse_tasks(results: Mapping, n_boot: int = 1000, seed: int = 0,
+                  ci: str = "percentile") -> dict[str, dict]:
     """`_task_analysis` of every task (the report's tables and the claims share these)."""
     protocol = results.get("protocol", "crossfit")
-    return {n: _task_analysis(n, t, protocol, n_boot, seed) for n, t in results["tasks"].items()}
+    return {n: _task_analysis(n, t, protocol, n_boot, seed, ci) for n, t in results["tasks"].items()}
 
 
 def build_claims(

@@ -47,6 +47,10 @@ class Profile:
     """cpu or cuda."""
     step_seconds: dict = field(default_factory=lambda: {"default": 1.4})
     """Seconds per training step by task (for the --dry-run estimate only)."""
+    selection: str = "crossfit"
+    """Operating-point protocol of the uncertainty tables: crossfit (default) or dev (literature)."""
+    bootstrap: dict = field(default_factory=dict)
+    """Bootstrap settings: replicates (1000), seed (0), ci (percentile|BCa), alpha (0.05), subject (de3)."""
 
     @classmethod
     def load(cls, name_or_path: str) -> Profile:
@@ -78,7 +82,24 @@ class Profile:
                                  + (" (or `all`)" if key == "methods" else ""))
         profile = cls(**data)
         profile.method_names()  # unknown method names fail here, before any work
+        profile.check_statistics(path)
         return profile
+
+    def check_statistics(self, where: Path | str) -> None:
+        """`selection` and `bootstrap` name known values, so a typo fails before any training."""
+        if self.selection not in ("crossfit", "dev"):
+            raise ValueError(f"{where}: selection={self.selection!r}; valid: crossfit, dev")
+        valid = {"replicates": int, "seed": int, "ci": str, "alpha": float, "subject": str}
+        for key, value in self.bootstrap.items():
+            if key not in valid:
+                raise ValueError(f"{where}: unknown bootstrap key {key!r}; valid: {', '.join(valid)}")
+            if not isinstance(value, valid[key] if valid[key] is not float else (int, float)):
+                raise ValueError(f"{where}: bootstrap.{key}={value!r} must be {valid[key].__name__}")
+        if self.bootstrap.get("ci", "percentile").lower() not in ("percentile", "bca"):
+            raise ValueError(f"{where}: bootstrap.ci={self.bootstrap['ci']!r}; valid: percentile, BCa")
+        alpha, reps = float(self.bootstrap.get("alpha", 0.05)), int(self.bootstrap.get("replicates", 1000))
+        if not 0 < alpha < 1 or reps < 1:
+            raise ValueError(f"{where}: bootstrap alpha must be in (0, 1) and replicates ≥ 1")
 
     def method_names(self) -> list[str]:
         """The profile's methods in order: every registered one for `all`; unknown names fail."""

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from benchmarks import runner as runner_mod
 from benchmarks.cli import main
@@ -713,3 +714,26 @@ def test_network_guard_blocks_and_reports():
     assert b.recv(2) == b"ok"
     a.close()
     b.close()
+
+
+def test_the_report_gives_intervals_cross_fitted_points_and_claims(smoke_run):
+    """The uncertainty tables and the claims report come with every run (records + exits only)."""
+    md = (smoke_run / "tables" / "uncertainty.md").read_text()
+    assert "Selection protocol: **crossfit**" in md and "1000 paired bootstrap replicates" in md
+    assert " ±" in md and "trivial predictor" in md and "## Cost" in md
+    cells = json.loads((smoke_run / "tables" / "uncertainty.json").read_text())["cells"]
+    de3 = [c for c in cells if c["method"] == "de3" and c["quantity"] == "metric" and c["target"] == 2.0]
+    assert len(de3) == 1 and de3[0]["lo"] <= de3[0]["estimate"] <= de3[0]["hi"]
+    claims = json.loads((smoke_run / "tables" / "claims.json").read_text())
+    assert claims["protocol"] == "crossfit" and claims["claim1"]
+    assert (smoke_run / "plots" / "tradeoff_intervals.png").is_file()
+
+
+def test_bad_statistics_settings_fail_before_work(tmp_path, capsys):
+    for bad, msg in (({"selection": "holdout"}, "valid: crossfit, dev"),
+                     ({"bootstrap": {"replicate": 10}}, "unknown bootstrap key 'replicate'"),
+                     ({"bootstrap": {"ci": "bootstrap-t"}}, "valid: percentile, BCa")):
+        path = tmp_path / "p.yaml"
+        path.write_text(yaml.safe_dump({"name": "x", "tasks": ["synthetic"], **bad}))
+        code, err = cli(["run", "--profile", str(path), "--out", str(tmp_path / "o")], capsys)
+        assert code == 2 and msg in err and not (tmp_path / "o").exists()
