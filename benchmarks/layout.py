@@ -47,10 +47,12 @@ class RunLayout:
 
     @property
     def results(self) -> Path:
+        """The run's rows (`benchmarks.results`)."""
         return self.out / "results.jsonl"
 
     @property
     def tables(self) -> Path:
+        """Markdown/LaTeX tables, AUROCs, uncertainty and claims."""
         return self.out / "tables"
 
     def model_dir(self, task: str, recipe: str, seed: int) -> Path:
@@ -58,9 +60,11 @@ class RunLayout:
         return self.out / "models" / task / f"{recipe}-s{seed}"
 
     def record(self, task: str, recipe: str, seed: int) -> Path:
+        """The dev record of one trained model (safetensors + checksum sidecar)."""
         return self.out / "records" / task / f"{recipe}-s{seed}.safetensors"
 
     def exits(self, task: str, method: str, seed: int) -> Path:
+        """Per-sample exit layers of every knob value of one method (the statistics read these)."""
         return self.out / "exits" / task / f"{method}-s{seed}.json"
 
     def records(self) -> list[RecordRef]:

@@ -62,6 +62,7 @@ class LoadResult:
 
     @property
     def throughput(self) -> float:
+        """Samples per second."""
         return self.samples / self.seconds
 
     @property

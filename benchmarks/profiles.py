@@ -54,6 +54,7 @@ class Profile:
 
     @classmethod
     def load(cls, name_or_path: str) -> Profile:
+        """A profile by name (benchmarks/profiles/NAME.yaml) or path; every key and name checked."""
         path = Path(name_or_path)
         if not path.suffix:
             path = PROFILE_DIR / f"{name_or_path}.yaml"

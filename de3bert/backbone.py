@@ -155,6 +155,7 @@ class LayerwiseEncoder(nn.Module):
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
               token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embeddings and the attention mask in the form this architecture's layers expect."""
         enc, kind = self.encoder, self.config.model_type
         if kind == "distilbert":
             hidden = enc.embeddings(input_ids)

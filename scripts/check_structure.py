@@ -13,6 +13,10 @@ from pathlib import Path
 
 PACKAGES = ("de3bert", "baselines", "benchmarks")
 MAX_LINES = 60
+#: methods that implement a documented interface (ExitPolicy, Recipe, ExitHeads, nn.Module):
+#: the base class's docstring says why, so an override needs none of its own
+OVERRIDES = {"grid", "step", "score", "init_state", "replay", "heads", "stages", "build",
+             "after_training", "after_step", "forward_layer", "forward", "drop"}
 
 
 def _public(name: str) -> bool:
@@ -35,7 +39,8 @@ def _violations(path: Path) -> list[str]:
                 length = child.end_lineno - child.lineno + 1
                 if length > MAX_LINES:
                     out.append(f"{path}:{child.lineno} {child.name}: {length} lines > {MAX_LINES}")
-            overrides = isinstance(node, ast.ClassDef) and not isinstance(child, ast.ClassDef)
+            overrides = (isinstance(node, ast.ClassDef) and not isinstance(child, ast.ClassDef)
+                         and (child.name in OVERRIDES or child.name.startswith("__")))
             if public and not overrides and not ast.get_docstring(child):
                 out.append(f"{path}:{child.lineno} {child.name}: public, no docstring")
             scopes.append((child, public and isinstance(child, ast.ClassDef)))

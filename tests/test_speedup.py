@@ -38,7 +38,8 @@ def test_operating_point_is_the_smallest_speedup_reaching_the_target_first_on_ti
 
 def test_flops_speedup_charges_each_sample_its_own_length_and_depth():
     # embeddings n, each layer n², each head 1 FLOP: exiting at m costs n + m·n² + m
-    f = DepthFlops(np.array([0.0, 1.0, 0.0]), np.tile([0.0, 0.0, 1.0], (3, 1)), np.tile([1.0, 0.0, 0.0], (3, 1)))
+    layer, head = np.tile([0.0, 0.0, 1.0], (3, 1)), np.tile([1.0, 0.0, 0.0], (3, 1))
+    f = DepthFlops(np.array([0.0, 1.0, 0.0]), layer, head)
     lengths, exits = np.array([2, 4]), np.array([1, 3])
     spent = (2 + 1 * 4 + 1) + (4 + 3 * 16 + 3)
     full = (2 + 3 * 4 + 1) + (4 + 3 * 16 + 1)
