@@ -94,14 +94,24 @@ def test_equivalence_checks_were_not_trivial(models, records):
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_grid_is_valid_and_monotone(name):
-    policy = METHODS[name].make_policy(2, 6)
+def test_grid_is_valid_and_monotone(name, models, records):
+    """Every sweep value is in range, and the layer speed-up moves one way with the knob (its
+    `faster` direction): operating-point selection and the bisection in `refine_grid` rely on it."""
+    from de3bert.speedup import layer_speedups
+
+    method = METHODS[name]
+    policy = method.make_policy(2, models[method.recipe].num_layers)
     grid = policy.grid()
     assert len(grid) >= 1
     policy.knob.validate(grid)  # every default sweep value is in range
-    dense = policy.dense_grid(25)
-    policy.knob.validate(dense)
-    assert dense == sorted(dense)
+    values = sorted(set(grid) | set(policy.dense_grid(25)))
+    policy.knob.validate(values)
+    sp = layer_speedups(policy.replay(records[method.recipe], values), policy.num_layers)
+    if policy.knob.faster == "smaller":
+        sp = sp[::-1]
+    assert all(a <= b + 1e-12 for a, b in zip(sp, sp[1:], strict=False)), (name, list(zip(values, sp)))
+    if len(values) > 2 and name != "oracle":
+        assert sp[-1] > sp[0], (name, "the sweep never changes the speed-up")
 
 
 def test_regression_policies_replay_equals_live(tiny_encoder, tokenizer):
