@@ -123,6 +123,19 @@ def onnx_available() -> bool:
     return True
 
 
+def _onnx_cdist(x1, x2, p: float = 2.0, compute_mode: int | None = None):
+    """ONNX for `aten._cdist_forward` (DE³'s prototype distances; torchlib has none): the direct
+    Euclidean form sqrt(Σ (x1 − x2)²), as `pairwise_distance` computes it in torch."""
+    from onnxscript import opset18 as op
+
+    if p != 2.0:
+        raise ValueError(f"ONNX export of cdist supports p = 2 only, got p = {p}")
+    rows = op.Unsqueeze(x1, op.Constant(value_ints=[-2]))  # [N, 1, d]
+    cols = op.Unsqueeze(x2, op.Constant(value_ints=[-3]))  # [1, C, d]
+    diff = op.Sub(rows, cols)
+    return op.Sqrt(op.ReduceSum(op.Mul(diff, diff), op.Constant(value_ints=[-1]), keepdims=0))
+
+
 def export_onnx(model: MultiExitModel, policy: ExitPolicy, knob: float, tokenizer, path: str | Path,
                 max_length: int | None = None) -> Path:
     """ONNX through `torch.onnx.export(..., dynamo=True)`: each `torch.cond` becomes an `If` node."""
@@ -136,6 +149,8 @@ def export_onnx(model: MultiExitModel, policy: ExitPolicy, knob: float, tokenize
     with torch.no_grad():
         onnx_program = torch.onnx.export(program, (), kwargs=inputs, dynamo=True, verbose=False,
                                          dynamic_shapes=_dynamic_shapes(inputs, limit),
-                                         output_names=["logits", "exit_layer"])
+                                         output_names=["logits", "exit_layer"],
+                                         custom_translation_table={torch.ops.aten._cdist_forward.default:
+                                                                   _onnx_cdist})
     onnx_program.save(str(path))
     return path
