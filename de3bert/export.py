@@ -34,6 +34,7 @@ class ExitProgram(nn.Module):
                              "deployed or exported")
         self.model, self.policy = model.eval(), policy
         self.register_buffer("knobs", policy.knob.validate([knob]), persistent=False)
+        self.train(False)  # inference only: dropout off in every branch
 
     def forward(self, input_ids: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -199,7 +199,7 @@ def _tradeoff_table(points: list[dict], metrics: list[str], full: dict | None) -
                      + " | 1.00 | 1.00 | 1.00 | – |")
     for p in points:
         m = p.get("metric", {})
-        cells = [f"{float(p['target']):g}×", f"{p['knob']:.6g}", *(_fmt(m.get(k)) for k in metrics),
+        cells = [f"{float(p['target']):g}×", f"{p['knob']:.8g}", *(_fmt(m.get(k)) for k in metrics),
                  _fmt(p.get("speedup_layers")), _fmt(p.get("speedup_flops")),
                  _fmt(p.get("speedup_wallclock")), _fmt(p.get("mean_exit_layer"))]
         lines.append("| " + " | ".join(cells) + " |")
@@ -212,7 +212,7 @@ def _card_header(config: dict) -> list[str]:
     task = section.get("task") or "unknown"
     tags = ["early-exit", "multi-exit", section["recipe"], section["method"]]
     lines = ["---", "library_name: de3bert", "pipeline_tag: text-classification", "tags:"]
-    lines += [f"- {t}" for t in tags if t]
+    lines += [f"- {t}" for t in dict.fromkeys(tags) if t]
     if task not in ("synthetic", "unknown"):
         lines += ["datasets:", "- nyu-mll/glue"]
     return [*lines, "---", ""]
@@ -232,6 +232,7 @@ def model_card(config: dict, points: list[dict], card: dict) -> str:
              f"every layer (recipe `{section['recipe']}`, pooling `{section['pooling']}`), exited by "
              f"method `{method}`. Labels: {', '.join(config['id2label'].values())}.", "",
              "## Training", "", "| setting | value |", "|---|---|"]
+    train = {**train, "pooling": section["pooling"]}  # the resolved pooling, not the empty default
     lines += [f"| {k} | `{train[k]}` |" for k in CARD_TRAIN_KEYS if k in train]
     if section["policy"]:
         lines += ["", "## Exit policy", "",
