@@ -28,6 +28,7 @@ class ExitProgram(nn.Module):
     """Embeddings, then layer → heads → decision → `torch.cond`, nested once per layer."""
 
     def __init__(self, model: MultiExitModel, policy: ExitPolicy, knob: float):
+        """Wrap a model and a deployable policy at one knob value (a constant of the program)."""
         super().__init__()
         if "labels" in policy.needs:
             raise ValueError(f"policy {policy.name!r} reads the gold labels (an oracle); it cannot be "
@@ -58,9 +59,11 @@ class ExitProgram(nn.Module):
         leave = self.policy.step(i + 1, needed, pol_state, self.knobs).reshape(())
 
         def stop(hidden, attention_mask, logits, head_state, pol_state):
+            """Leave at this layer: its logits (a copy: outputs must not alias inputs)."""
             return logits.clone(), torch.full((), i + 1, dtype=torch.long)
 
         def go(hidden, attention_mask, logits, head_state, pol_state):
+            """Stay: the remaining layers, as the next nested condition."""
             return self._from_layer(i + 1, hidden, attention_mask, head_state, pol_state)
 
         return torch.cond(leave, stop, go, (hidden, attention_mask, logits, head_state, pol_state))
@@ -125,8 +128,7 @@ def onnx_available() -> bool:
 
 
 def _onnx_cdist(x1, x2, p: float = 2.0, compute_mode: int | None = None):
-    """ONNX for `aten._cdist_forward` (DE³'s prototype distances; torchlib has none): the direct
-    Euclidean form sqrt(Σ (x1 − x2)²), as `pairwise_distance` computes it in torch."""
+    """ONNX for `aten._cdist_forward` (DE³'s distances; torchlib has none): sqrt(Σ (x1 − x2)²)."""
     from onnxscript import opset18 as op
 
     if p != 2.0:

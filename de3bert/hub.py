@@ -68,12 +68,10 @@ def early_exit_section(model: MultiExitModel, method: str | None, operating_poin
 def save_pretrained(model: MultiExitModel, directory: str | Path, *, method: str | None = None,
                     operating_points: list[dict] | None = None, target: float | None = None,
                     task: str | None = None, tokenizer=None, card: dict | None = None) -> Path:
-    """Write a folder that `from_pretrained` and `de3bert predict` load without the training run.
-
-    `operating_points`: one dict per target speed-up with `target`, `knob` and (for the card)
-    `metric`, `speedup_layers`, `speedup_flops`, `speedup_wallclock`, `mean_exit_layer`.
-    `card` may add `per_layer` (dev metrics per layer), `full_model` (its metrics) and `n_dev`.
-    """
+    """Write a folder that `from_pretrained` and `de3bert predict` load without the training run."""
+    # operating_points: one dict per target speed-up with `target`, `knob` and (for the card)
+    # `metric`, `speedup_layers`, `speedup_flops`, `speedup_wallclock`, `mean_exit_layer`;
+    # card may add `per_layer` (dev metrics per layer), `full_model` (its metrics) and `n_dev`.
     from .backbone import load_tokenizer
 
     d = Path(directory)

@@ -32,6 +32,7 @@ class ScoreTap(ExitHeads):
     """
 
     def __init__(self, heads: ExitHeads, num_layers: int):
+        """Share (not copy) the wrapped heads; logits are kept per batch on the CPU."""
         super().__init__()
         self.inner, self.num_layers = heads, num_layers
         self.extra_signals = heads.extra_signals
@@ -39,12 +40,14 @@ class ScoreTap(ExitHeads):
         self._rows = 0
 
     def init_state(self, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """The wrapped heads' state plus the row ids, which the engine shrinks with the batch."""
         state = self.inner.init_state(batch_size, device)
         state[TAP_ROW] = torch.arange(batch_size, device=device)
         self.logits, self._rows = None, batch_size
         return state
 
     def forward_layer(self, layer, hidden, attention_mask, state):
+        """The wrapped heads' signals, unchanged; their logits are kept for the running rows."""
         signals = self.inner.forward_layer(layer, hidden, attention_mask, state)
         logits = signals["logits"].detach().float().cpu()
         if self.logits is None:
@@ -70,6 +73,7 @@ class Predictor:
 
     def __init__(self, model: MultiExitModel, policy: ExitPolicy, knob: float, tokenizer,
                  labels: list[str], max_length: int = 128, pair: bool = False):
+        """Hold everything `predict` needs; the tapped model shares the model's modules."""
         self.model, self.policy, self.tokenizer = model.eval(), policy, tokenizer
         self.knobs = policy.knob.validate([knob])
         self.labels, self.max_length, self.pair = labels, max_length, pair
