@@ -51,6 +51,9 @@ def early_exit_section(model: MultiExitModel, method: str | None, operating_poin
                "policy": None, "knob": None, "operating_points": {}, "default_target": None}
     if method:
         m = get_method(method)
+        if m.recipe != meta["recipe"]:
+            raise ValueError(f"method {method!r} runs on recipe {m.recipe!r}; this model was trained "
+                             f"with recipe {meta['recipe']!r}")
         section["policy"] = {"name": m.policy.name, "options": m.options}
         section["knob"] = {"name": m.policy.knob.name, "faster": m.policy.knob.faster}
         section["operating_points"] = {f"{float(p['target']):g}": p["knob"] for p in operating_points}
@@ -157,10 +160,15 @@ def load_policy(directory: str | Path, target: float | None = None, knob: float 
     if not name:
         raise ValueError(f"{directory} was saved without a method; pass --method and --knob")
     m = get_method(name)
+    if m.recipe != section["recipe"]:
+        raise ValueError(f"method {name!r} runs on recipe {m.recipe!r}; {directory} holds a "
+                         f"{section['recipe']!r} model")
     policy = m.make_policy(section["model_meta"]["num_labels"], section["num_layers"])
     if knob is None:
         points = section.get("operating_points", {}) if name == section.get("method") else {}
         key = f"{float(target):g}" if target is not None else section.get("default_target")
+        if key is None:
+            raise ValueError(f"{directory} has no saved operating point for {name}; pass --knob")
         if key not in points:
             raise ValueError(f"target {key} has no operating point in {directory}; valid targets: "
                              f"{', '.join(points) or 'none (pass --knob)'}")

@@ -144,6 +144,11 @@ def test_export_errors_name_the_valid_values_and_write_nothing(smoke_run, tmp_pa
     assert load_policy(smoke_run["folder"])[1] == smoke_run["points"][2.0][0]
     with pytest.raises(ValueError, match="valid targets: 1.5, 2"):
         load_policy(smoke_run["folder"], target=4.0)
+    with pytest.raises(ValueError, match="runs on recipe 'weighted'"):
+        load_policy(smoke_run["folder"], method="pabee", knob=2)
+    with pytest.raises(ValueError, match="runs on recipe 'weighted'"):
+        smoke_run["model"].save_pretrained(tmp_path / "wrong", method="pabee")
+    assert load_policy(smoke_run["folder"], method="de3-dr", knob=0.4)[1] == 0.4
 
 
 def test_predict_fields_and_exit_layers_equal_replay(smoke_run):
