@@ -84,6 +84,9 @@ def add_commands(sub) -> None:
                    help="with --benchmark-json: skip bounded ratios the run lacks (a -k subset)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every check, not only failures")
     p.set_defaults(fn=cmd_check)
+    from .artefacts import add_export_parser
+
+    add_export_parser(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
-"""The library's commands: `de3bert list | train | eval` (the console entry, `benchmarks.cli`,
-adds `run | report | check-regression` on top; `python -m de3bert` has these alone).
+"""The library's commands: `de3bert list | train | eval | predict` (the console entry,
+`benchmarks.cli`, adds `run | report | check-regression | export`; `python -m de3bert` has these alone).
 
 Flags of `train`/`eval` are generated from the `TrainConfig` dataclass (names, types, defaults
 and the one-line docstring of each field), so the CLI and the config cannot drift apart.
@@ -11,6 +11,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import os
 import sys
 import textwrap
 
@@ -118,6 +119,29 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    """Label raw texts (arguments, --file or stdin) with a saved folder; JSON Lines on stdout."""
+    from .predict import load_predictor, write_jsonl
+
+    if args.texts and args.file:
+        raise ValueError("give texts as arguments or --file, not both")
+    if args.file and not os.path.isfile(args.file):
+        raise FileNotFoundError(f"input file {args.file} does not exist")
+    predictor = load_predictor(args.model, target=args.target, knob=args.knob, method=args.method,
+                               max_length=args.max_length)
+    if args.texts:
+        lines = list(args.texts)
+    elif args.file:
+        with open(args.file, encoding="utf-8") as fh:
+            lines = [line for line in fh.read().splitlines() if line.strip()]
+    else:
+        lines = [line for line in sys.stdin.read().splitlines() if line.strip()]
+    rows = predictor.predict(lines, batch_size=args.batch_size,
+                             progress=bool(args.file) and not args.no_progress)
+    write_jsonl(rows, sys.stdout)
+    return 0
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     """The parser of the library's commands, and its subparsers (for the benchmark layer's)."""
     ap = argparse.ArgumentParser(prog="de3bert", description="DE³-BERT and the early-exit baselines")
@@ -136,6 +160,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
             p.add_argument("--live", type=float, default=None,
                            help="also run live layer-by-layer at this knob and compare with replay")
         p.set_defaults(fn=fn)
+    p = sub.add_parser("predict", help="label raw texts with a saved model folder (JSON Lines out)")
+    p.add_argument("texts", nargs="*", help="texts to label (pair tasks: the two texts tab-separated)")
+    p.add_argument("--model", required=True, help="folder written by save_pretrained / export, or a Hub id")
+    p.add_argument("--file", default="", help="one input per line (default: the arguments, else stdin)")
+    p.add_argument("--target", type=float, default=None, help="target speed-up (default: the saved one)")
+    p.add_argument("--knob", type=float, default=None, help="knob value instead of a target's")
+    p.add_argument("--method", default=None, help="another method on the same recipe (needs --knob)")
+    p.add_argument("--batch-size", type=int, default=32, help="inputs per batch (exited ones leave it)")
+    p.add_argument("--max-length", type=int, default=None, help="tokens kept (default: the training length)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on --file")
+    p.set_defaults(fn=cmd_predict)
     return ap, sub
 
 

@@ -200,6 +200,20 @@ class MultiExitModel(nn.Module):
         model.eval()
         return model
 
+    def save_pretrained(self, directory: str | Path, **options) -> Path:
+        """A Hugging Face-style folder (config.json, safetensors, tokenizer, model card); see `hub`."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, directory, **options)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path,
+                        attn_implementation: str | None = None) -> MultiExitModel:
+        """Load a `save_pretrained` folder or a Hub repo id; see `hub.from_pretrained`."""
+        from .hub import from_pretrained
+
+        return from_pretrained(name_or_path, attn_implementation)
+
 
 def build_model(backbone: str, recipe: str, num_labels: int, pooling: str,
                 attn_implementation: str = "sdpa", **head_options) -> MultiExitModel:

@@ -109,7 +109,7 @@ def test_grid_is_valid_and_monotone(name, models, records):
     sp = layer_speedups(policy.replay(records[method.recipe], values), policy.num_layers)
     if policy.knob.faster == "smaller":
         sp = sp[::-1]
-    assert all(a <= b + 1e-12 for a, b in zip(sp, sp[1:], strict=False)), (name, list(zip(values, sp)))
+    assert all(a <= b + 1e-12 for a, b in zip(sp, sp[1:], strict=False)), (name, values, sp)
     if len(values) > 2 and name != "oracle":
         assert sp[-1] > sp[0], (name, "the sweep never changes the speed-up")
 
