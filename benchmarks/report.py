@@ -74,27 +74,6 @@ def operating_table(df: pd.DataFrame, target: float, methods: list[str] | None =
     return pd.DataFrame(table).T.reindex(columns=tasks).fillna("–")
 
 
-def curve_area(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean headline metric over layer speed-up in [1, S_max] (area / (S_max − 1)).
-
-    Each method's curve is its upper envelope (best metric at ≥ each speed-up); S_max per task is
-    the smallest of the methods' largest speed-ups, so every method is defined on the interval.
-    """
-    out: dict[str, dict[str, float]] = {}
-    sub = df[(df["method"] != FULL) & ~df["report_only"].fillna(False).astype(bool)]
-    for task, g in sub.groupby("task", sort=False):
-        s_max = g.groupby("method")["speedup_layers"].max().min()
-        if not s_max > 1.0:
-            continue
-        xs = np.linspace(1.0, s_max, 200)
-        for method, m in g.groupby("method"):
-            sp, sc = m["speedup_layers"].to_numpy(), m["score"].to_numpy()
-            env = [sc[sp >= x - 1e-9].max() if (sp >= x - 1e-9).any() else np.nan for x in xs]
-            out.setdefault(method, {})[task] = float(np.trapezoid(env, xs) / (s_max - 1.0))
-    tasks = list(dict.fromkeys(df["task"]))
-    return pd.DataFrame(out).T.reindex(columns=tasks).round(2)
-
-
 def _latex(df: pd.DataFrame) -> str:
     return df.to_latex(escape=True).replace(r"\*\*", "").replace("**", "")
 
@@ -179,11 +158,9 @@ def tables_markdown(df: pd.DataFrame, targets: list[float]) -> tuple[list[str], 
             tab = operating_table(df, t, [parent, *variants])
             md += [f"## Ablations of {parent} at {t:g}×", "", tab.to_markdown(), ""]
             tex += [f"% ablations of {parent}, target {t:g}x", _latex(tab)]
-    area = curve_area(df)
-    md += ["## Area under the metric-vs-speed-up curve", "",
-           "Mean headline metric over layer speed-up ∈ [1, S_max] (upper envelope; S_max = smallest "
-           "maximum speed-up among methods on the task).", "", area.to_markdown(), ""]
-    tex += ["% area under curve", _latex(area)]
+    md += ["The area under each method's metric-vs-speed-up curve is in `uncertainty.md`: it uses each "
+           "method's own curve of cross-fitted operating points (an upper envelope over knob values "
+           "would favour methods with many knob values).", ""]
     speed = speed_table(df)
     if len(speed):
         md += ["## Three speed-ups at the operating points", "",

@@ -17,17 +17,18 @@ import pytest
 import torch
 
 from benchmarks.artefacts import export_from_run
+from benchmarks.cli import main
 from benchmarks.profiles import Profile
 from benchmarks.runner import FULL, Runner
-from de3bert.cli import main
 from de3bert.data import EncodedDataset, get_task, load_examples, make_loader
 from de3bert.engine import record_signals, replay_predictions
 from de3bert.export import ExitProgram, export_program, load_program, run_program, save_program
 from de3bert.hub import from_pretrained, load_policy, push_to_hub
 from de3bert.model import MultiExitModel
-from de3bert.policy import predictions, refine_grid
+from de3bert.policy import predictions
 from de3bert.predict import load_predictor
 from de3bert.registry import get_method
+from de3bert.speedup import layer_speedup, layer_speedups, operating_point, refine_grid
 
 TARGETS = (1.5, 2.0)
 NO_ONNX = not all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
@@ -36,14 +37,8 @@ NO_ONNX = not all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "o
 def operating_knobs(policy, record, targets=TARGETS) -> dict[float, tuple[float, float]]:
     """The runner's rule: per target, the knob whose layer speed-up is the smallest ≥ target."""
     grid = refine_grid(policy, record, policy.grid(), list(targets))
-    exits = policy.replay(record, grid)
-    speedups = (policy.num_layers * exits.shape[1] / exits.sum(1).double()).tolist()
-    out = {}
-    for t in targets:
-        ok = [i for i, s in enumerate(speedups) if s >= t - 1e-9]
-        i = min(ok, key=lambda j: (speedups[j], j))
-        out[t] = (grid[i], speedups[i])
-    return out
+    speedups = layer_speedups(policy.replay(record, grid), policy.num_layers)
+    return {t: (grid[i], speedups[i]) for t in targets for i in [operating_point(speedups, t)]}
 
 
 def _rows(model, policy, record, points, task: str) -> list[dict]:
@@ -53,7 +48,8 @@ def _rows(model, policy, record, points, task: str) -> list[dict]:
     from de3bert.metrics import glue_metrics
 
     rows = [{"task": task, "method": FULL, "seed": 0, "recipe": "single", "knob": {"name": "none"},
-             "metric": glue_metrics(spec.metrics, full, record["labels"]), "operating_point": None}]
+             "metric": glue_metrics(spec.metrics, full, record["labels"]), "operating_point": None,
+             "group_size": 1}]
     for knob in sorted({k for k, _ in points.values()}):
         exits = policy.replay(record, [knob])
         preds = replay_predictions(record, exits)[0]
@@ -61,9 +57,11 @@ def _rows(model, policy, record, points, task: str) -> list[dict]:
         rows.append({"task": task, "method": "de3", "seed": 0, "recipe": "de3",
                      "knob": {"name": "tau", "value": knob},
                      "metric": glue_metrics(spec.metrics, preds, record["labels"]),
-                     "speedup_layers": float(L * n / exits.sum()), "speedup_flops": None,
+                     "speedup_layers": layer_speedup(exits[0], L), "speedup_flops": None,
                      "speedup_wallclock": None, "mean_exit_layer": float(exits.float().mean()),
                      "operating_point": targets, "n_samples": n})
+    for r in rows[1:]:
+        r["group_size"] = len(rows) - 1  # the de3 group (results.jsonl's completeness marker)
     return rows
 
 
