@@ -72,7 +72,7 @@ def smoke_run(tmp_path_factory) -> dict:
     profile = Profile.load("smoke")
     profile.methods = ["de3"]
     runner = Runner(profile, out, progress=False)
-    model = runner.model("synthetic", "de3", 0)
+    model = runner.trained_model("synthetic", "de3", 0)
     ds, tok = runner.dev_set("synthetic", 0)
     record = runner.record("synthetic", "de3", 0, model, ds, tok)
     policy = get_method("de3").make_policy(2, model.num_layers)
