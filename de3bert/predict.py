@@ -35,7 +35,6 @@ class ScoreTap(ExitHeads):
         """Share (not copy) the wrapped heads; logits are kept per batch on the CPU."""
         super().__init__()
         self.inner, self.num_layers = heads, num_layers
-        self.extra_signals = heads.extra_signals
         self.logits: torch.Tensor | None = None  # [N, L, C] of the current batch
         self._rows = 0
 

@@ -107,7 +107,7 @@ def test_round_trip_gives_identical_signals(smoke_run, tmp_path):
     assert config["model_type"] == "bert" and config["num_hidden_layers"] == 4
     assert config["id2label"] == {"0": "0", "1": "1"} and section["task"] == "synthetic"
     assert section["recipe"] == "de3" and section["method"] == "de3" and section["pooling"] == "cls"
-    assert section["policy"] == {"name": "edr", "options": {"lam": 1.0}}
+    assert section["policy"] == {"name": "edr", "options": {"lam": 1.0, "indicator": "edr"}}
     points = smoke_run["points"]
     assert section["operating_points"] == {"1.5": points[1.5][0], "2": points[2.0][0]}
     assert section["default_target"] == "2" and section["train_config"]["epochs"] == 3
