@@ -47,6 +47,16 @@ class Profile:
     """cpu or cuda."""
     step_seconds: dict = field(default_factory=lambda: {"default": 1.4})
     """Seconds per training step by task (for the --dry-run estimate only)."""
+    executor: str = "local"
+    """Where jobs run: `local` (this process, one after another) or `ray` (Ray tasks, to use every GPU)."""
+    ray_address: str = ""
+    """Ray cluster to join (`auto` or HOST:PORT); empty starts a local Ray instance on this machine."""
+    gpus_per_train: float = 1.0
+    """GPU share a training job requests under Ray; fractional (0.25) packs small fine-tunes on one GPU."""
+    gpus_per_timing: int = 1
+    """Whole GPUs a replay + timing job holds under Ray, so that wall-clock timings never share a device."""
+    max_retries: int = 3
+    """Times Ray retries a job whose worker or node died (it resumes from its own checkpoint)."""
 
     @classmethod
     def load(cls, name_or_path: str) -> Profile:
@@ -78,7 +88,23 @@ class Profile:
                                  + (" (or `all`)" if key == "methods" else ""))
         profile = cls(**data)
         profile.method_names()  # unknown method names fail here, before any work
+        profile.check_execution()
         return profile
+
+    def check_execution(self) -> None:
+        """Reject an executor setting Ray could not honour, before any work."""
+        from .executors import EXECUTORS
+
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"unknown executor {self.executor!r}; valid: {', '.join(EXECUTORS)}")
+        g = self.gpus_per_train
+        if not (isinstance(g, int | float) and g >= 0 and (g <= 1 or float(g).is_integer())):
+            raise ValueError(f"gpus_per_train must be a share ≤ 1 (e.g. 0.25) or a whole number, got {g!r}")
+        if not (float(self.gpus_per_timing).is_integer() and self.gpus_per_timing >= 1):
+            raise ValueError("gpus_per_timing must be a whole number ≥ 1 (timings never share a GPU), "
+                             f"got {self.gpus_per_timing!r}")
+        if not (isinstance(self.max_retries, int) and self.max_retries >= 0):
+            raise ValueError(f"max_retries must be an integer ≥ 0, got {self.max_retries!r}")
 
     def method_names(self) -> list[str]:
         """The profile's methods in order: every registered one for `all`; unknown names fail."""
