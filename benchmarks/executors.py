@@ -54,6 +54,9 @@ class Job:
     """CPU cores the job requests under Ray."""
     label: str = ""
     """Human-readable description for status lines."""
+    fresh_worker: bool = False
+    """Run it in a fresh Ray worker process: set for GPU jobs on CUDA, which binds a process to the
+    devices it first saw (a CPU-only job reuses a worker and skips its ~10 s of imports)."""
 
 
 @dataclass
@@ -181,13 +184,14 @@ class RayExecutor(Executor):
 
     def _submit(self, ray, jobs: list[Job], use_gpus: bool) -> dict:
         """One Ray task per job; a job's `after` results are passed as arguments, so Ray starts it
-        only when they are done. A GPU job gets a fresh worker process (`max_calls=1`): CUDA binds
-        a process to the devices it first saw, and Ray sets CUDA_VISIBLE_DEVICES per task."""
-        cpu_task, gpu_task = ray.remote(run_logged), ray.remote(max_calls=1)(run_logged)
+        only when they are done. A `fresh_worker` job runs in a new process (`max_calls=1`, Ray's
+        own default for GPU tasks): Ray sets CUDA_VISIBLE_DEVICES per task, and CUDA keeps the
+        devices a process first saw."""
+        reused, fresh = ray.remote(run_logged), ray.remote(max_calls=1)(run_logged)
         refs: dict[str, object] = {}
         for job in jobs:  # jobs come in dependency order
             deps = [refs[k] for k in job.after if k in refs]
-            remote = gpu_task if use_gpus and job.gpus else cpu_task
+            remote = fresh if job.fresh_worker else reused
             refs[job.key] = remote.options(
                 num_cpus=job.cpus, num_gpus=job.gpus if use_gpus else 0, max_retries=self.max_retries,
                 retry_exceptions=False, name=job.key,

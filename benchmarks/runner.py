@@ -303,15 +303,17 @@ class Runner:
         if not todo and not need_full:
             return []
         args = (self.p, self.layout, self.data_dir, self.progress and self.executor.name == "local")
-        cpus = float(self.p.threads)
+        cpus, cuda = float(self.p.threads), self.p.device.startswith("cuda")
         trains = [Job(f"train-{task}-{r}-s{seed}", "train", train_job, (*args, task, r, seed),
-                      gpus=self.p.gpus_per_train, cpus=cpus, label=f"train {task} {r} seed {seed}")
+                      gpus=self.p.gpus_per_train, cpus=cpus, label=f"train {task} {r} seed {seed}",
+                      fresh_worker=cuda)
                   for r in dict.fromkeys(["single", *(s["recipe"] for s in todo)])
                   if not self.prepared(task, r, seed)]
         methods = [s["method"] for s in todo]
         evaluation = Job(f"eval-{task}-s{seed}", "eval", eval_job, (*args, task, seed, methods, need_full),
                          after=tuple(j.key for j in trains), gpus=self.p.gpus_per_timing, cpus=cpus,
-                         label=f"replay+timing {task} seed {seed} ({len(methods)} methods)")
+                         label=f"replay+timing {task} seed {seed} ({len(methods)} methods)",
+                         fresh_worker=cuda)
         return [*trains, evaluation]
 
     # ---- the two jobs (run by the executor, in this process or a worker) -------------------------

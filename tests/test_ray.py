@@ -46,7 +46,8 @@ FAULT_METHODS = ["deebert"]
 
 def comparable(path: Path) -> dict[tuple, dict]:
     """Every row without its timing and provenance fields, keyed by (task, method, seed, knob);
-    fails on a duplicate row. The run folder's path inside the config is provenance too."""
+    fails on a duplicate row. The run folder's path and the training time inside the config are
+    provenance and timing too."""
     out = {}
     for line in path.read_text().splitlines():
         r = json.loads(line)
@@ -54,6 +55,7 @@ def comparable(path: Path) -> dict[tuple, dict]:
         assert key not in out, f"duplicate row {key}"
         r = {k: v for k, v in r.items() if k not in TIMING | PROVENANCE}
         r["config"]["train"].pop("out_dir", None)
+        r["config"]["model"].pop("train_seconds", None)
         out[key] = r
     return out
 
