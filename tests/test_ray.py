@@ -290,3 +290,29 @@ def test_timing_jobs_never_share_a_gpu(ray_smoke, worker_killed, driver_killed):
         for gpu2, start2, end2, key2 in timed:
             if (key, start) != (key2, start2) and gpu == gpu2:
                 assert end <= start2 or end2 <= start, f"{key} and {key2} overlapped on GPU {gpu}"
+
+
+def test_executor_settings_are_checked(tmp_path, capsys):
+    """Bad executor settings stop before any work, from the command line or a profile."""
+    from benchmarks.cli import main
+
+    out = tmp_path / "o"
+    for flags, message in ((["--gpus-per-timing", "0"], "gpus_per_timing must be a whole number"),
+                           (["--gpus-per-train", "1.5"], "gpus_per_train must be a share"),
+                           (["--max-retries", "-1"], "max_retries must be an integer")):
+        try:
+            code = main(["run", "--profile", "smoke", "--out", str(out), "--executor", "ray", *flags])
+        except SystemExit as exc:
+            code = exc.code
+        assert code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
+    data = yaml.safe_load((PROFILE_DIR / "smoke.yaml").read_text())
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({**data, "executor": "dask"}))
+    with pytest.raises(ValueError, match="unknown executor 'dask'; valid: local, ray"):
+        Profile.load(str(tmp_path / "p.yaml"))
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({**data, "executor": "ray", "gpus_per_train": 0.25,
+                                                     "ray_address": "auto", "max_retries": 1}))
+    profile = Profile.load(str(tmp_path / "p.yaml"))
+    runner = Runner(profile, tmp_path / "r", progress=False)
+    assert (runner.executor.name, runner.executor.address, runner.executor.max_retries) == ("ray", "auto", 1)
+    assert Runner(Profile.load("smoke"), tmp_path / "l", progress=False).executor.name == "local"
