@@ -72,9 +72,11 @@ class Progress:
         self.bar = tqdm(total=self.total, desc=self.desc, unit="job", disable=not self.enabled)
 
     def status(self, job: Job, state: str, where: str = "", always: bool = False) -> None:
-        """Print `[job] <state> <job> [on <where>]` (retries are printed even without progress)."""
+        """Print `[job] <state> <job> [on <where>]` (retries are printed even without progress);
+        `where` starting with `(` is a note, not a place."""
         if self.enabled or always:
-            tqdm.write(f"[job] {state:<8} {job.label or job.key}" + (f" on {where}" if where else ""))
+            note = f" {where}" if where.startswith("(") else f" on {where}" if where else ""
+            tqdm.write(f"[job] {state:<8} {job.label or job.key}{note}")
         if state == "running":
             self.bar.set_postfix_str(job.label or job.key)
 
@@ -214,10 +216,12 @@ class RayExecutor(Executor):
     def run(self, jobs, emit, progress):
         ray = self.connect()
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        refs = self._submit(ray, jobs, self._gpu_scale(ray, jobs))
+        use_gpus = self._gpu_scale(ray, jobs)
+        refs = self._submit(ray, jobs, use_gpus)
         by_key = {j.key: j for j in jobs}
         for job in jobs:
-            progress.status(job, "queued", f"{job.cpus:g} CPU, {job.gpus:g} GPU")
+            gpus = job.gpus if use_gpus else 0
+            progress.status(job, "queued", f"(requests {job.cpus:g} CPU, {gpus:g} GPU)")
         pending = {ref: by_key[key] for key, ref in refs.items()}
         try:
             while pending:
