@@ -16,7 +16,7 @@ def cmd_run(args) -> int:
     from .report import write_reports
     from .runner import Runner
 
-    profile = Profile.load(args.profile)
+    profile = with_execution(Profile.load(args.profile), args)
     layout = RunLayout.for_run(profile.name, args.out or None, args.plots_dir)
     runner = Runner(profile, layout, data_dir=args.data_dir, progress=not args.no_progress)
     plan = runner.plan()
@@ -34,6 +34,17 @@ def cmd_run(args) -> int:
     paths = write_reports(layout)
     print("\n".join(["", f"results: {layout.results}", *[f"report:  {p}" for p in paths]]))
     return 0
+
+
+def with_execution(profile, args):
+    """The profile with the executor flags given on the command line applied (flags win)."""
+    import dataclasses
+
+    given = {k: getattr(args, k) for k in ("executor", "ray_address", "gpus_per_train", "gpus_per_timing",
+                                            "max_retries") if getattr(args, k) is not None}
+    profile = dataclasses.replace(profile, **given)
+    profile.check_execution()
+    return profile
 
 
 def cmd_report(args) -> int:
@@ -68,6 +79,16 @@ def add_commands(sub) -> None:
                    help="where figures go (default: plots/<profile> for the default --out, else <out>/plots)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and an estimate, run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--executor", choices=["local", "ray"], default=None,
+                   help="where jobs run: local (default; this process) or ray (Ray tasks; README: Scale-out)")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join: auto or HOST:PORT (default: start a local Ray instance)")
+    p.add_argument("--gpus-per-train", type=float, default=None,
+                   help="GPU share per training job under Ray, fractional allowed (default 1)")
+    p.add_argument("--gpus-per-timing", type=int, default=None,
+                   help="whole GPUs per replay+timing job under Ray (default 1: timings never share one)")
+    p.add_argument("--max-retries", type=int, default=None,
+                   help="retries of a Ray job whose worker died (default 3)")
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("report", help="(re)write tables and plots from <out>/results.jsonl")
     p.add_argument("--out", required=True)

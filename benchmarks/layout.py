@@ -5,6 +5,7 @@
 <out>/models/<task>/<recipe>-s<seed>/{final/, flops.json, times.json}
 <out>/records/<task>/<recipe>-s<seed>.safetensors (+ .json sidecar)
 <out>/exits/<task>/<method>-s<seed>.json
+<out>/jobs/<job>.jsonl   start/end events of every attempt of a job (`--executor ray` only)
 <out>/tables/            results.md, results.tex, indicators.md
 plots/<name>/            figures (the product's plots/ folder) when out = results/<name>;
                          otherwise <out>/plots/; --plots-dir overrides both
@@ -54,6 +55,11 @@ class RunLayout:
     def tables(self) -> Path:
         """Markdown/LaTeX tables, AUROCs, uncertainty and claims."""
         return self.out / "tables"
+
+    @property
+    def jobs(self) -> Path:
+        """Event logs of Ray jobs (node, pid, GPUs, start/end of every attempt)."""
+        return self.out / "jobs"
 
     def model_dir(self, task: str, recipe: str, seed: int) -> Path:
         """Training output of one (task, recipe, seed): checkpoints, `final/`, flops/times caches."""

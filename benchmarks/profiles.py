@@ -51,6 +51,16 @@ class Profile:
     """Operating-point protocol of the uncertainty tables: crossfit (default) or dev (literature)."""
     bootstrap: dict = field(default_factory=dict)
     """Bootstrap settings: replicates (1000), seed (0), ci (percentile|BCa), alpha (0.05), subject (de3)."""
+    executor: str = "local"
+    """Where jobs run: `local` (this process, one after another) or `ray` (Ray tasks, to use every GPU)."""
+    ray_address: str = ""
+    """Ray cluster to join (`auto` or HOST:PORT); empty starts a local Ray instance on this machine."""
+    gpus_per_train: float = 1.0
+    """GPU share a training job requests under Ray; fractional (0.25) packs small fine-tunes on one GPU."""
+    gpus_per_timing: int = 1
+    """Whole GPUs a replay + timing job holds under Ray, so that wall-clock timings never share a device."""
+    max_retries: int = 3
+    """Times Ray retries a job whose worker or node died (it resumes from its own checkpoint)."""
 
     @classmethod
     def load(cls, name_or_path: str) -> Profile:
@@ -84,6 +94,7 @@ class Profile:
         profile = cls(**data)
         profile.method_names()  # unknown method names fail here, before any work
         profile.check_statistics(path)
+        profile.check_execution()
         return profile
 
     def check_statistics(self, where: Path | str) -> None:
@@ -101,6 +112,21 @@ class Profile:
         alpha, reps = float(self.bootstrap.get("alpha", 0.05)), int(self.bootstrap.get("replicates", 1000))
         if not 0 < alpha < 1 or reps < 1:
             raise ValueError(f"{where}: bootstrap alpha must be in (0, 1) and replicates ≥ 1")
+
+    def check_execution(self) -> None:
+        """Reject an executor setting Ray could not honour, before any work."""
+        from .executors import EXECUTORS
+
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"unknown executor {self.executor!r}; valid: {', '.join(EXECUTORS)}")
+        g = self.gpus_per_train
+        if not (isinstance(g, int | float) and g >= 0 and (g <= 1 or float(g).is_integer())):
+            raise ValueError(f"gpus_per_train must be a share ≤ 1 (e.g. 0.25) or a whole number, got {g!r}")
+        if not (float(self.gpus_per_timing).is_integer() and self.gpus_per_timing >= 1):
+            raise ValueError("gpus_per_timing must be a whole number ≥ 1 (timings never share a GPU), "
+                             f"got {self.gpus_per_timing!r}")
+        if not (isinstance(self.max_retries, int) and self.max_retries >= 0):
+            raise ValueError(f"max_retries must be an integer ≥ 0, got {self.max_retries!r}")
 
     def method_names(self) -> list[str]:
         """The profile's methods in order: every registered one for `all`; unknown names fail."""

@@ -5,6 +5,12 @@ on that recipe is then replayed over its whole knob grid from the record. Rows a
 (task, method, seed) group by rewriting `results.jsonl` atomically, so a killed run resumes
 without duplicate or partial rows. The runner never looks inside a method: it asks the registry
 for a recipe and a policy and reads signals.
+
+The work is cut into jobs run by an executor (`benchmarks.executors`: `local` or `ray`):
+(a) `train_job` trains, records and caches the FLOPs/timing-model costs of one (task, recipe, seed),
+writing everything into the run folder; (b) `eval_job` replays and times one (task, seed) from
+those artefacts and yields its result groups. The driver (`Runner.run`) alone writes
+`results.jsonl`, one group at a time; a finished model, record or group is never redone.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import json
 import platform
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -42,6 +49,7 @@ from de3bert.speedup import flops_speedup, layer_speedup, modelled_speedup, oper
 from de3bert.timing import compare_wallclock, component_times
 from de3bert.train import TrainConfig, config_hash, train
 
+from .executors import Executor, Job, LocalExecutor, Progress, RayExecutor
 from .layout import RunLayout
 from .profiles import Profile
 from .results import FULL, Results
@@ -71,15 +79,40 @@ def git_commit() -> str | None:
         return None
 
 
+def train_job(profile: Profile, layout: RunLayout, data_dir: str | None, progress: bool, task: str,
+              recipe: str, seed: int) -> Iterator[tuple[str, object]]:
+    """Job (a), run by an executor: train + record + caches of one model into the run folder."""
+    runner = Runner(profile, layout, data_dir, progress=progress, driver=False)
+    runner.prepare(task, recipe, seed)
+    yield "stats", runner.stats
+
+
+def eval_job(profile: Profile, layout: RunLayout, data_dir: str | None, progress: bool, task: str,
+             seed: int, methods: list[str], need_full: bool) -> Iterator[tuple[str, object]]:
+    """Job (b), run by an executor: replay + live timing of one (task, seed); yields its groups."""
+    runner = Runner(profile, layout, data_dir, progress=progress, driver=False)
+    yield from runner.evaluate(task, seed, methods, need_full)
+    yield "stats", runner.stats
+
+
+def make_executor(profile: Profile, layout: RunLayout) -> Executor:
+    """The profile's executor (`local` unless it or `--executor` says `ray`)."""
+    if profile.executor == "ray":
+        return RayExecutor(layout.jobs, profile.ray_address or None, profile.max_retries)
+    return LocalExecutor()
+
+
 class Runner:
-    """Runs one profile into one output directory."""
+    """Runs one profile into one output directory (the driver), or one job of it (`driver=False`:
+    a worker, which never touches `results.jsonl`)."""
 
     def __init__(self, profile: Profile, out: str | Path | RunLayout, data_dir: str | None = None,
-                 progress: bool = True):
+                 progress: bool = True, executor: Executor | None = None, driver: bool = True):
         self.layout = out if isinstance(out, RunLayout) else RunLayout.for_run(profile.name, out)
         self.p, self.out, self.progress = profile, self.layout.out, progress
         self.data_dir = resolve_data_dir(data_dir)
-        self.results = Results(self.layout.results)
+        self.results = Results(self.layout.results) if driver else None
+        self.executor = executor or make_executor(profile, self.layout)
         self.meta = {"versions": versions(), "git_commit": git_commit(), "device": profile.device,
                      "threads": profile.threads, "dtype": "float32", "host": platform.node(),
                      "cpu": platform.processor() or platform.machine()}
@@ -247,77 +280,145 @@ class Runner:
                                     f"for task {spec.name}")
 
     def run(self) -> None:
+        """Plan, cut the plan into jobs, run them on the executor, write each group as it arrives."""
         torch.set_num_threads(self.p.threads)
         plan = self.plan()
         self.check_data()
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "profile.json", json.dumps(asdict(self.p), indent=2))
-        bar = tqdm(total=len(plan), desc=f"profile {self.p.name}", disable=not self.progress)
+        jobs = self.jobs(plan)
+        progress = Progress(len(jobs), self.progress, f"profile {self.p.name}")
         t_start = time.perf_counter()
-        for task in dict.fromkeys(get_task(t).name for t in self.p.tasks):
-            for seed in self.p.seeds:
-                steps = [s for s in plan if s["task"] == task and s["seed"] == seed]
-                self.run_task(task, seed, steps, bar)
-        bar.close()
+        try:
+            self.executor.run(jobs, self._emit, progress)
+        finally:
+            progress.close()
         elapsed = time.perf_counter() - t_start
         for st in self.stats.values():
             if st.get("records") and st.get("replay_groups"):
                 one_pass = st["record_seconds"] / st["records"]
                 st["replay_vs_one_pass"] = st["replay_seconds"] / one_pass
-        run = {"seconds": elapsed, "replay_stats": self.stats, **self.meta}
+        run = {"seconds": elapsed, "executor": self.executor.name, "jobs": len(jobs),
+               "replay_stats": self.stats, **self.meta}
         atomic_write_text(self.out / "run.json", json.dumps(run, indent=2))
 
-    def run_task(self, task: str, seed: int, steps: list[dict], bar) -> None:
-        spec = get_task(task)
+    def _emit(self, job: Job, output: tuple[str, object]) -> None:
+        """In the driver: a job's result group goes to results.jsonl, its stats to run.json."""
+        kind, value = output
+        if kind == "group":
+            self.results.add_group(value)
+            return
+        for task, st in value.items():
+            for key, v in st.items():
+                self._stat(task, key, v)
+
+    def prepared(self, task: str, recipe: str, seed: int) -> bool:
+        """Whether job (a) of this model finished *for the current config*: final model, record,
+        FLOPs and timing caches, each stamped with the model's config hash."""
+        model, rec = self.layout.model_dir(task, recipe, seed), self.layout.record(task, recipe, seed)
+        if not all(p.is_file() for p in (model / "final" / "config_hash.json", model / "flops.json",
+                                         model / "times.json", rec, rec.with_name(rec.name + ".json"))):
+            return False
+        key = self.model_key(task, recipe, seed)
+        stamps = (json.loads((model / "final" / "config_hash.json").read_text()).get("hash"),
+                  record_meta(rec).get("config_hash"),
+                  (self._cached_json(model / "flops.json", key) or {}).get("config_hash"),
+                  (self._cached_json(model / "times.json", key) or {}).get("config_hash"))
+        return all(s == key for s in stamps)
+
+    def jobs(self, plan: list[dict]) -> list[Job]:
+        """The unfinished work as jobs, in dependency order: per (task, seed) the training jobs of
+        every model a missing group needs (unless finished), then one evaluation job."""
+        jobs = []
+        for task in dict.fromkeys(get_task(t).name for t in self.p.tasks):
+            for seed in self.p.seeds:
+                steps = [s for s in plan if s["task"] == task and s["seed"] == seed]
+                jobs += self.task_jobs(task, seed, steps)
+        return jobs
+
+    def task_jobs(self, task: str, seed: int, steps: list[dict]) -> list[Job]:
+        """Jobs of one (task, seed); none when every group is already in results.jsonl."""
         replays = [s for s in steps if s["kind"] == "replay"]
-        todo = [s for s in replays if not s["skip"]
-                and not self.results.done(task, s["method"], seed, self.group_hash(task, s["method"], seed))]
         for s in replays:
             if s["skip"]:
                 tqdm.write(f"[runner] skip {task} × {s['method']}: {s['skip']}")
+        todo = [s for s in replays if not s["skip"]
+                and not self.results.done(task, s["method"], seed, self.group_hash(task, s["method"], seed))]
         need_full = not self.results.done(task, FULL, seed, self.group_hash(task, FULL, seed))
         if not todo and not need_full:
-            bar.update(len(steps))
-            return
-        models = {}
-        for s in steps:
-            if s["kind"] == "train":
-                bar.set_postfix_str(f"train {task} {s['recipe']}")
-                models[s["recipe"]] = self.trained_model(task, s["recipe"], seed)
-                bar.update(1)
+            return []
+        args = (self.p, self.layout, self.data_dir, self.progress and self.executor.name == "local")
+        cpus, cuda = float(self.p.threads), self.p.device.startswith("cuda")
+        trains = [Job(f"train-{task}-{r}-s{seed}", "train", train_job, (*args, task, r, seed),
+                      gpus=self.p.gpus_per_train, cpus=cpus, label=f"train {task} {r} seed {seed}",
+                      fresh_worker=cuda)
+                  for r in dict.fromkeys(["single", *(s["recipe"] for s in todo)])
+                  if not self.prepared(task, r, seed)]
+        methods = [s["method"] for s in todo]
+        evaluation = Job(f"eval-{task}-s{seed}", "eval", eval_job, (*args, task, seed, methods, need_full),
+                         after=tuple(j.key for j in trains), gpus=self.p.gpus_per_timing, cpus=cpus,
+                         label=f"replay+timing {task} seed {seed} ({len(methods)} methods)",
+                         fresh_worker=cuda)
+        return [*trains, evaluation]
+
+    # ---- the two jobs (run by the executor, in this process or a worker) -------------------------
+    def prepare(self, task: str, recipe: str, seed: int) -> None:
+        """Job (a): train (resuming from its own checkpoint), record the dev set, cache FLOPs and
+        timing-model costs; everything lands in the run folder."""
+        torch.set_num_threads(self.p.threads)
+        ckpt = self.layout.model_dir(task, recipe, seed) / "checkpoint" / "progress.json"
+        if ckpt.is_file():
+            at = json.loads(ckpt.read_text())
+            tqdm.write(f"[runner] train {task} {recipe} seed {seed}: resuming from its checkpoint "
+                       f"(stage {at['stage']}, step {at['global_step']})")
+        model = self.trained_model(task, recipe, seed)
+        ds, tok = self.dev_set(task, seed)
+        self.record(task, recipe, seed, model, ds, tok)
+        self.flops(task, recipe, seed)
+        self.times(task, recipe, seed, model, self.timing_items(ds))
+
+    def timing_items(self, ds) -> list:
+        """The dev samples every live timing and timing-model measurement uses (the first few)."""
+        return [ds[i] for i in range(min(len(ds), int(self.p.timing.get("samples", 64))))]
+
+    def evaluate(self, task: str, seed: int, methods: list[str], need_full: bool
+                 ) -> Iterator[tuple[str, object]]:
+        """Job (b): the full model's row (if missing), then each method's group: replayed from its
+        record, operating points timed live. Yields ("group", rows) as each group is done."""
+        torch.set_num_threads(self.p.threads)
+        recipes = dict.fromkeys(["single", *(get_method(m).recipe for m in methods)])
+        models = {r: self.trained_model(task, r, seed) for r in recipes}
         ds, tok = self.dev_set(task, seed)
         lengths = np.array(ds.lengths())
-        items = [ds[i] for i in range(min(len(ds), int(self.p.timing.get("samples", 64))))]
+        items = self.timing_items(ds)
         full = models["single"]
         full_rec = self.record(task, "single", seed, full, ds, tok)
         full_flops = self.flops(task, "single", seed)
         full_times = self.times(task, "single", seed, full, items)
         if need_full:
-            metric = glue_metrics(spec.metrics, replay_predictions(full_rec, torch.tensor(
-                [[full.num_layers] * len(ds)]))[0], full_rec["labels"])
-            row = self.base_row(task, FULL, "single", seed, full) | {
-                "knob": {"name": "none", "value": None}, "metric": metric,
-                "headline_metric": spec.headline_metric, "speedup_layers": 1.0, "speedup_flops": 1.0,
-                "speedup_wallclock": 1.0, "speedup_wallclock_b32": 1.0, "speedup_wallclock_model": 1.0,
-                "mean_exit_layer": float(full.num_layers),
-                "exit_histogram": [0] * (full.num_layers - 1) + [len(ds)],
-                "gflops_per_sample": float(full_flops.full_model(lengths).mean() / 1e9),
-                "operating_point": None, "n_samples": len(ds)}
-            self.results.add_group([row])
-        for s in replays:
-            if s["skip"] or self.results.done(task, s["method"], seed,
-                                              self.group_hash(task, s["method"], seed)):
-                bar.update(1)
-                continue
-            bar.set_postfix_str(f"replay {task} {s['method']}")
-            model = models[s["recipe"]]
-            rec = self.record(task, s["recipe"], seed, model, ds, tok)
-            rows = self.replay_method(task, seed, s["method"], model, rec, lengths,
-                                      self.flops(task, s["recipe"], seed), full_flops,
-                                      self.times(task, s["recipe"], seed, model, items), full_times,
-                                      full, items)
-            self.results.add_group(rows)
-            bar.update(1)
+            yield "group", [self.full_row(task, seed, full, full_rec, full_flops, lengths)]
+        for name in methods:
+            recipe = get_method(name).recipe
+            model = models[recipe]
+            rec = self.record(task, recipe, seed, model, ds, tok)
+            yield "group", self.replay_method(task, seed, name, model, rec, lengths,
+                                              self.flops(task, recipe, seed), full_flops,
+                                              self.times(task, recipe, seed, model, items), full_times,
+                                              full, items)
+
+    def full_row(self, task, seed, full, full_rec, full_flops, lengths) -> dict:
+        """The plain fine-tune's one row per (task, seed): every sample at the last layer."""
+        spec, n = get_task(task), len(lengths)
+        metric = glue_metrics(spec.metrics, replay_predictions(full_rec, torch.tensor(
+            [[full.num_layers] * n]))[0], full_rec["labels"])
+        return self.base_row(task, FULL, "single", seed, full) | {
+            "knob": {"name": "none", "value": None}, "metric": metric,
+            "headline_metric": spec.headline_metric, "speedup_layers": 1.0, "speedup_flops": 1.0,
+            "speedup_wallclock": 1.0, "speedup_wallclock_b32": 1.0, "speedup_wallclock_model": 1.0,
+            "mean_exit_layer": float(full.num_layers),
+            "exit_histogram": [0] * (full.num_layers - 1) + [n],
+            "gflops_per_sample": float(full_flops.full_model(lengths).mean() / 1e9),
+            "operating_point": None, "n_samples": n}
 
     def replay_method(self, task, seed, name, model, rec, lengths, flops, full_flops, times, full_times,
                       full_model, items) -> list[dict]:

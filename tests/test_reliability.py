@@ -297,7 +297,8 @@ def test_failing_run_leaves_finished_results_intact(smoke_run, tmp_path, capsys)
     code, err = cli(["run", "--profile", str(path), "--out", str(out), "--no-progress",
                      "--data-dir", str(data)], capsys)
     assert code == 2 and "label 'maybe' is not one of" in err, err
-    assert (out / "models" / "rte" / "weighted-s0" / "final" / "model.safetensors").is_file()  # it got far
+    # it got far: the first training job (train + record) trained its model, then failed on dev.tsv
+    assert (out / "models" / "rte" / "single-s0" / "final" / "model.safetensors").is_file()
     assert (out / "results.jsonl").read_bytes() == results
     after = snapshot(out)
     changed = [f for f in before if after.get(f) != before[f]]
