@@ -120,7 +120,7 @@ class Runner:
 
     # ---- stages --------------------------------------------------------------------------------
     def train_config(self, task: str, recipe: str, seed: int) -> TrainConfig:
-        base = {**self.p.train_overrides(task)}
+        base, _ = self.p.recipe_train(task, recipe, seed, self.data_dir)  # train_settings hook
         if isinstance(base.get("head_options"), dict):
             base["head_options"] = json.dumps(base["head_options"])
         return TrainConfig(task=task, recipe=recipe, backbone=self.p.backbone, data_dir=self.data_dir or "",
@@ -192,6 +192,7 @@ class Runner:
         return {"task": task, "method": method, "recipe": recipe, "seed": seed,
                 "backbone": self.p.backbone, "profile": self.p.name,
                 "num_layers": model.num_layers,
+                "train_settings": self.p.recipe_train(task, recipe, seed, self.data_dir)[1],
                 "config": {"train": model.meta.get("train_config", {}),
                            "model": {k: v for k, v in model.meta.items() if k != "train_config"}},
                 "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **self.meta}

@@ -292,10 +292,10 @@ def test_past_future_gate_formula(pooling):
         for layer in range(1, L + 1):
             out = heads.forward_layer(layer, hidden[layer - 1], mask, state)["logits"]
             h = hidden[layer - 1]
-            pooled.append(heads.poolers[layer - 1](h if pooling == "cls" else h.mean(1)))
+            pooled.append(heads.poolers[layer - 1](h[:, 0] if pooling == "cls" else h.mean(1)))
             past = [slot(j, pooled[j]) for j in range(layer)]
             fut = [slot(j - 1, future(j, pooled[-1]))[0] for j in range(layer + 1, L + 1)]
-            lam = torch.sigmoid(heads.gate * torch.tanh(torch.stack([g for _, g in past]).mean(0)))
+            lam = torch.sigmoid(heads.gate_proj(torch.tanh(torch.stack([g for _, g in past]).mean(0))))
             want = 2 * lam * sum(p for p, _ in past) + (2 - 2 * lam) * sum(fut, torch.zeros(3, c))
             assert torch.allclose(out, want, atol=1e-5)
             assert torch.allclose(state["past"][:, :c], sum(p for p, _ in past), atol=1e-6)

@@ -90,7 +90,7 @@ def test_equivalence_checks_were_not_trivial():
         pytest.skip("run together with test_replay_equals_live")
     mixed = [n for n, s in _seen_exits.items() if len(s) >= 2]
     assert len(mixed) >= len(_seen_exits) - 2, _seen_exits
-    for name in ("deebert", "pabee", "pcee", "maxprob", "de3", "static"):
+    for name in ("deebert", "pabee", "pcee", "maxprob", "de3", "fixed-exit", "static-kl3"):
         if name in _seen_exits:
             assert any(e < NUM_LAYERS for e in _seen_exits[name]), (name, _seen_exits[name])
 
@@ -119,7 +119,7 @@ def test_regression_policies_replay_equals_live(tiny_encoder, tokenizer):
     model = get_recipe("weighted").build(tiny_encoder(seed=5), {"num_labels": 1, "pooling": "mean"}).eval()
     record = engine.record_signals(model, make_loader(ds, 8, False), progress=False)
     assert record["labels"].dtype == torch.float32
-    for name in ("pabee", "static"):
+    for name in ("pabee", "fixed-exit"):
         method = get_method(name)
         assert method.supports(1)[0]
         policy = method.make_policy(1, NUM_LAYERS)
@@ -253,7 +253,7 @@ def test_maxprob_confidence():
 
 
 def test_static_policy():
-    policy = get_method("static").make_policy(2, 4)
+    policy = get_method("fixed-exit").make_policy(2, 4)
     logits = torch.randn(4, 5, 2)
     assert policy.replay(_record(logits), [1, 2, 4]).tolist() == [[1] * 5, [2] * 5, [4] * 5]
     # the generic layer loop agrees with the closed-form replay
@@ -280,7 +280,7 @@ def test_oracle_first_correct_layer():
     ("deebert", -0.1, r"\[0.0, inf\]"), ("deebert", math.nan, r"\[0.0, inf\]"),
     ("pcee", 1.5, r"\[0.0, 1.0\]"), ("pcee", math.nan, r"\[0.0, 1.0\]"),
     ("maxprob", -0.01, r"\[0.0, 1.0\]"), ("pabee", -1, r"\[0, 1000\]"), ("pabee", math.nan, r"\[0, 1000\]"),
-    ("static", 2.5, r"\[1, 1000\]"), ("de3", 1.01, r"\[0.0, 1.0\]"), ("de3", math.nan, r"\[0.0, 1.0\]"),
+    ("fixed-exit", 2.5, r"\[1, 1000\]"), ("de3", 1.01, r"\[0.0, 1.0\]"), ("de3", math.nan, r"\[0.0, 1.0\]"),
 ])
 def test_knob_validation_names_the_range(name, bad, rng, models, synthetic_loader):
     method = get_method(name)
