@@ -39,7 +39,7 @@ def models(tiny_encoder, synthetic_loader):
             with torch.no_grad():
                 g = torch.Generator().manual_seed(i)
                 heads.prototypes.add_(0.5 * torch.randn(heads.prototypes.shape, generator=g))
-            assert bool(heads.proto_set.all())
+            assert bool(heads.proto_set[:heads.proto_layers].all())  # layer L has none (default)
         out[recipe] = model.eval()
     return out
 
@@ -88,8 +88,9 @@ def test_equivalence_checks_were_not_trivial():
     """The replay/live comparison above saw early exits and full-depth samples for most methods."""
     if not _seen_exits:
         pytest.skip("run together with test_replay_equals_live")
-    mixed = [n for n, s in _seen_exits.items() if len(s) >= 2]
-    assert len(mixed) >= len(_seen_exits) - 2, _seen_exits
+    adaptive = {n: s for n, s in _seen_exits.items() if not n.startswith("static-kl")}  # one exit each
+    mixed = [n for n, s in adaptive.items() if len(s) >= 2]
+    assert len(mixed) >= len(adaptive) - 2, _seen_exits
     for name in ("deebert", "pabee", "pcee", "maxprob", "de3", "fixed-exit", "static-kl3"):
         if name in _seen_exits:
             assert any(e < NUM_LAYERS for e in _seen_exits[name]), (name, _seen_exits[name])
