@@ -120,7 +120,10 @@ class Profile:
         head = json.loads(head) if isinstance(head, str) else dict(head)
 
         def steps() -> int:  # optimizer steps per stage, as de3bert.train counts them
-            n = train_size(task, cfg.get("train_limit", 0), data_dir, seed)
+            try:
+                n = train_size(task, cfg.get("train_limit", 0), data_dir, seed)
+            except (OSError, ValueError):  # data not reachable (a dry run): training will say so
+                return 0
             return max(1, int(math.ceil(n / cfg.get("batch_size", 32)) * cfg.get("epochs", 3.0)))
 
         extra = {k: v for k, v in rec.task_options(task, steps).items() if k not in head}
