@@ -15,6 +15,9 @@ from de3bert.registry import all_methods, get_method
 METHODS = all_methods()
 RECIPES = sorted({m.recipe for m in METHODS.values()})
 NUM_LAYERS = 4
+# each recipe's encoder seed, fixed so that registering a recipe does not reseed the others
+SEEDS = {r: i for i, r in enumerate(("alternate-lte", "de3", "de3-nodar", "de3-noproto", "past-future",
+                                     "self-distill", "two-stage", "weighted"))}
 
 
 def _sharpen(model: torch.nn.Module, scale: float = 8.0) -> None:
@@ -31,7 +34,9 @@ def models(tiny_encoder, synthetic_loader):
     """One tiny model per recipe (methods sharing a recipe share it), in eval mode."""
     out = {}
     for i, recipe in enumerate(RECIPES):
-        model = get_recipe(recipe).build(tiny_encoder(seed=i), {"num_labels": 2, "pooling": "mean"})
+        # a seed per recipe that does not move when another recipe is registered
+        seed = SEEDS.get(recipe, i)
+        model = get_recipe(recipe).build(tiny_encoder(seed=seed), {"num_labels": 2, "pooling": "mean"})
         _sharpen(model)
         heads = model.heads
         if hasattr(heads, "prototypes"):  # DE³: prototypes from the data, then perturbed
