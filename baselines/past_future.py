@@ -168,7 +168,8 @@ class PastFutureHeads(ExitHeads):
         k, c = self.num_layers - layer, self.num_labels
         h = self.pooled(layer, hidden, attention_mask, state)
         past = self._past_sum(layer, h, state)
-        lam = self._gate(past[:, c:] / layer)  # gate on the past slots' mean
+        lam = float32(self._gate(past[:, c:] / layer))  # gate on the past slots' mean (float32
+        # under autocast, like the running sums it mixes)
         out = {}
         if k:  # 2λ·P + (2 − 2λ)·F = 2·lerp(F, P, λ)
             future = self.predict_future(layer, h)

@@ -25,16 +25,14 @@ class StaticKlRecipe(Recipe):
     k: int = 0
 
     def heads(self, encoder, meta):
-        if not 1 <= self.k <= encoder.num_layers:
-            raise ValueError(f"{self.name}: k = {self.k} is outside 1..{encoder.num_layers} layers")
         heads = ClassifierHeads(encoder, meta["num_labels"], meta["pooling"], poolers="shared")
-        heads.train_depth = self.k
+        heads.train_depth = min(self.k, encoder.num_layers)  # k ≥ L: the plain full fine-tune
         return heads
 
     def stages(self):
         k = self.k
         return [Stage("truncated", all_parameters,
-                      lambda m, sig, y, step: task_loss(sig[k - 1]["logits"], y))]
+                      lambda m, sig, y, step: task_loss(sig[min(k, len(sig)) - 1]["logits"], y))]
 
     def original_settings(self, task):
         """DeeBERT/PABEE fine-tune their BERT-kL like the full model: batch 32, lr 2e-5, 3 epochs."""
