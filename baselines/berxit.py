@@ -13,7 +13,7 @@ from torch import nn
 from de3bert.method import Method
 from de3bert.model import ClassifierHeads, MultiExitModel
 from de3bert.policy import Knob, ThresholdPolicy, predictions, threshold_grid
-from de3bert.recipes import Recipe, Stage, all_parameters, task_loss
+from de3bert.recipes import HF_RUN_GLUE, HF_RUN_GLUE_MISSING, Recipe, Stage, all_parameters, task_loss
 
 
 class LteHeads(ClassifierHeads):
@@ -71,6 +71,11 @@ class AlternateLte(Recipe):
 
     def stages(self):
         return [Stage("alternate", all_parameters, alternate_loss)]
+
+    def original_settings(self, task):
+        """berxit scripts/train_highway.sh: batch 8, lr 2e-5, 3 epochs (BERT), last checkpoint."""
+        return ({"batch_size": 8, "lr": 2e-5, "epochs": 3.0, **HF_RUN_GLUE},
+                {**HF_RUN_GLUE_MISSING, "checkpoint": "last"})
 
 
 class LtePolicy(ThresholdPolicy):

@@ -17,7 +17,7 @@ Smoke run in seconds (tiny random backbone, few samples, goals recorded but not 
 
 Targets (ratio, goal):
 
-- replay sweep: every registered method × 100 knob values (`dense_grid(100)`; oracle and static:
+- replay sweep: every registered method × 100 knob values (`dense_grid(100)`; oracle and fixed-exit:
   their full grid), `replay` + `replay_predictions` over MRPC dev records, ÷ one full-depth record
   pass over the same dev set (batch 64). Goal ≤ 1.2.
 - wall-clock fidelity: batch-1 wall-clock speed-up ÷ layer speed-up of the same samples, for each
@@ -169,9 +169,9 @@ def fixed_length_items(examples: list[Example], tokenizer, n: int, length: int) 
 
 
 def sweep_values(name: str, policy: ExitPolicy, n: int) -> list[float]:
-    """The benchmark's sweep: `dense_grid(n)`; oracle and static use their (smaller) full grid."""
+    """The benchmark's sweep: `dense_grid(n)`; oracle and fixed-exit use their (smaller) full grid."""
     grid = policy.grid()
-    if name in ("oracle", "static") or min(grid) == max(grid):
+    if name in ("oracle", "fixed-exit") or min(grid) == max(grid):
         return grid
     return policy.dense_grid(n)
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import yaml
 
-from de3bert.registry import METHODS, unknown_name
+from de3bert.data import get_task, load_examples
+from de3bert.recipes import settings_for
+from de3bert.registry import METHODS, get_recipe, unknown_name
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
@@ -61,6 +66,9 @@ class Profile:
     """Whole GPUs a replay + timing job holds under Ray, so that wall-clock timings never share a device."""
     max_retries: int = 3
     """Times Ray retries a job whose worker or node died (it resumes from its own checkpoint)."""
+    train_settings: str = "equal"
+    """`equal`: every recipe trains with `train` (one budget, fair); `original`: each recipe's
+    published settings (spec: baselines.md, *Published training settings*) override it."""
 
     @classmethod
     def load(cls, name_or_path: str) -> Profile:
@@ -142,6 +150,41 @@ class Profile:
         """TrainConfig fields for `task`: the shared ones, then the task's own."""
         return {**self.train, **self.task_train.get(task, {})}
 
+    def recipe_train(self, task: str, recipe: str, seed: int,
+                     data_dir: str | None = None) -> tuple[dict, dict]:
+        """TrainConfig fields for one (task, recipe) and what `train_settings` did.
+
+        `original` overrides the profile's budget with the recipe's published settings; settings
+        TrainConfig has no field for (gradient clipping, best-checkpoint selection) are returned
+        under `not_applied`. Head options the original sets per task or per run (Past-Future's k
+        and its step count) are added under the profile's own `head_options`.
+        """
+        if self.train_settings not in ("equal", "original"):
+            raise ValueError(f"unknown train_settings {self.train_settings!r}; valid: equal, original")
+        rec = get_recipe(recipe)
+        applied, missing = settings_for(rec, task, self.train_settings)
+        cfg = {**self.train_overrides(task), **applied}
+        head = cfg.get("head_options") or {}
+        head = json.loads(head) if isinstance(head, str) else dict(head)
+
+        def steps() -> int:  # optimizer steps per stage, as de3bert.train counts them
+            try:
+                n = train_size(task, cfg.get("train_limit", 0), data_dir, seed)
+            except (OSError, ValueError):  # data not reachable (a dry run): training will say so
+                return 0
+            return max(1, int(math.ceil(n / cfg.get("batch_size", 32)) * cfg.get("epochs", 3.0)))
+
+        extra = {k: v for k, v in rec.task_options(task, steps).items() if k not in head}
+        if extra or head:
+            cfg["head_options"] = {**extra, **head}
+        return cfg, {"train_settings": self.train_settings, "applied": applied, "not_applied": missing}
+
     def methods_for(self, task: str) -> list[str]:
         """Methods to evaluate on `task` (`method_tasks` may restrict a method to some tasks)."""
         return [m for m in self.method_names() if task in self.method_tasks.get(m, [task])]
+
+
+@cache
+def train_size(task: str, limit: int, data_dir: str | None, seed: int) -> int:
+    """Training examples a run uses (after `train_limit`)."""
+    return len(load_examples(get_task(task), "train", data_dir or None, limit or None, seed))

@@ -155,7 +155,7 @@ class Runner:
 
     # ---- stages --------------------------------------------------------------------------------
     def train_config(self, task: str, recipe: str, seed: int) -> TrainConfig:
-        base = {**self.p.train_overrides(task)}
+        base, _ = self.p.recipe_train(task, recipe, seed, self.data_dir)  # train_settings hook
         if isinstance(base.get("head_options"), dict):
             base["head_options"] = json.dumps(base["head_options"])
         return TrainConfig(task=task, recipe=recipe, backbone=self.p.backbone, data_dir=self.data_dir or "",
@@ -261,6 +261,7 @@ class Runner:
                 "num_layers": model.num_layers, "config_hash": self.model_key(task, recipe, seed),
                 "group_hash": self.group_hash(task, method, seed),
                 "operating_point_selection": "dev",  # `operating_point` marks: tuned and scored on dev
+                "train_settings": self.p.recipe_train(task, recipe, seed, self.data_dir)[1],
                 "config": {"train": model.meta.get("train_config", {}),
                            "model": {k: v for k, v in model.meta.items() if k != "train_config"}},
                 "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **self.meta}

@@ -3,8 +3,11 @@
 Every choice the paper's public summary leaves open is an option here with the spec's default
 (marked [ours] in ../shared/spec/de3bert.md and in the README):
   proto_dim = hidden size, gamma = 0.1, distance = euclidean, dar = protonet (T = 1),
-  margin = 1.0, beta = 1.0, layer_weights = linear, recompute_prototypes = true, lambda = 1.0,
+  margin = 1.0, beta = 1.0, layer_weights = uniform, recompute_prototypes = false,
+  proto_last_layer = false (prototypes and DAR on layers 1..L−1), lambda = 1.0,
   entropy normalized by log C, r₂ = nearest *other* prototype.
+The earlier defaults (linear weights, recomputed prototypes, a prototype head at layer L) are the
+`de3-v1defaults` ablation.
 """
 
 from __future__ import annotations
@@ -55,10 +58,12 @@ class De3Options:
     """Metric-space dimension d (0 = hidden size)."""
     protonet: bool = True
     """Learned linear map g (False: identity, the `de3-noproto` ablation)."""
-    recompute_prototypes: bool = True
-    """Exact class means over the training set after training (else EMA prototypes as trained)."""
-    layer_weights: Literal["linear", "uniform"] = "linear"
-    """Per-layer loss weights: m (linear) or 1 (uniform)."""
+    recompute_prototypes: bool = False
+    """Exact class means over the training set after training (default: EMA prototypes as trained)."""
+    layer_weights: Literal["linear", "uniform"] = "uniform"
+    """Per-layer loss weights: 1 (uniform, the first author's COSEE/NSP convention) or m (linear)."""
+    proto_last_layer: bool = False
+    """A prototypical network (and DAR) at layer L too (default: layers 1..L−1 only)."""
 
 
 @dataclass(frozen=True)
@@ -160,13 +165,14 @@ def dar_loss(proto_dist: torch.Tensor, labels: torch.Tensor, kind: str, temperat
 
 
 def de3_loss(model: MultiExitModel, signals, labels, step) -> torch.Tensor:
-    """Σ_m w_m (CE_m + β·DAR_m) / Σ_m w_m; DAR is skipped for a layer whose prototypes are unset."""
+    """Σ_m w_m (CE_m + β·DAR_m) / Σ_m w_m; DAR only on layers with a prototypical network, and
+    skipped for a layer whose prototypes are unset."""
     opts, heads = model.meta, model.heads
     total, norm = 0.0, 0.0
     for m, s in enumerate(signals):
         w = float(m + 1) if opts["layer_weights"] == "linear" else 1.0
         term = task_loss(s["logits"], labels)
-        if opts["beta"] > 0 and bool(heads.proto_set[m].all()):
+        if opts["beta"] > 0 and heads.has_protos(m + 1) and bool(heads.proto_set[m].all()):
             term = term + opts["beta"] * dar_loss(s["proto_dist"], labels, opts["dar"],
                                                   opts["temperature"], opts["margin"])
         total, norm = total + w * term, norm + w
@@ -182,13 +188,14 @@ class De3(Recipe):
     overrides: dict = {}
 
     def build(self, encoder, meta):
-        return super().build(encoder, {**self.overrides, **meta})
+        return super().build(encoder, {**meta, **self.overrides})  # the ablation's values win
 
     def heads(self, encoder, meta):
         if meta["num_labels"] < 2:
             raise ValueError("DE³-BERT needs classes (prototypes); regression tasks are not supported")
         return PrototypeHeads(encoder, meta["num_labels"], meta["pooling"], proto_dim=meta["proto_dim"],
-                              protonet=meta["protonet"], gamma=meta["gamma"], distance=meta["distance"])
+                              protonet=meta["protonet"], gamma=meta["gamma"], distance=meta["distance"],
+                              last_layer=meta["proto_last_layer"])
 
     def stages(self):
         return [Stage("joint", all_parameters, de3_loss)]
@@ -204,6 +211,14 @@ class De3NoDar(De3):
 
     name = "de3-nodar"
     overrides = {"beta": 0.0}
+
+
+class De3V1Defaults(De3):
+    """Ablation: the defaults before issue 16 (layer-linear loss weights, prototypes recomputed as
+    exact class means after training, a prototypical network and DAR at layer L too)."""
+
+    name = "de3-v1defaults"
+    overrides = {"layer_weights": "linear", "recompute_prototypes": True, "proto_last_layer": True}
 
 
 class De3NoProtonet(De3):
@@ -223,6 +238,9 @@ ABLATIONS = {m.name: m for m in (
     Method("de3-nodar", "de3-nodar", EDRPolicy, "DE³ ablation w/o DAR (β=0, separate training)",
            {"lam": 1.0}, family="de3", ablation_of="de3"),
     Method("de3-noproto", "de3-noproto", EDRPolicy, "DE³ ablation w/o prototypical network (identity map)",
+           {"lam": 1.0}, family="de3", ablation_of="de3"),
+    Method("de3-v1defaults", "de3-v1defaults", EDRPolicy,
+           "DE³ with the earlier defaults (linear weights, recomputed prototypes, prototypes at layer L)",
            {"lam": 1.0}, family="de3", ablation_of="de3"),
     *(Method(f"de3-lambda{lam:g}", "de3", EDRPolicy, f"DE³ λ sweep: λ = {lam:g}", {"lam": lam},
              family="de3", ablation_of="de3") for lam in (0.25, 0.5, 2.0, 4.0)),

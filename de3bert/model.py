@@ -74,6 +74,15 @@ class ExitHeads(nn.Module, ABC):
     def after_step(self, signals: list[Signals], labels: torch.Tensor, accelerator=None) -> None:  # noqa: B027
         """Hook after each optimizer step (DE³ moves its prototypes here); nothing by default."""
 
+    train_depth: int | None = None
+    """Training runs layers 1..train_depth only (None: every layer); a k-layer model (static-kl)
+    then costs k layers per step. Recording and inference always run every layer."""
+
+    def train_hidden(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        """In training, what layer `layer + 1` and this layer's head receive (Past-Future's
+        gradient blocking); the states themselves by default."""
+        return hidden
+
     def drop(self, x: torch.Tensor) -> torch.Tensor:
         """`self.dropout` in training; the identity otherwise, without a module call per layer."""
         return self.dropout(x) if self.training else x
@@ -84,34 +93,58 @@ class ExitHeads(nn.Module, ABC):
         """Signals of 1-based `layer` from its hidden states; may update `state` in place."""
 
 
-class ClassifierHeads(ExitHeads):
-    """A linear classifier per layer on a pooled feature (PABEE, DeeBERT, PCEE, max-prob, static).
+def pooler_like(hidden: int) -> nn.Module:
+    """A pooler-shaped off-ramp transform (dense H→H + tanh), randomly initialised."""
+    return nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh())
 
-    poolers: `shared` = the backbone's pooler for every layer (fine-tuned); `per_layer` = one copy
-    of it per layer (DeeBERT's off-ramps); with `mean` pooling no pooler is used.
+
+class ClassifierHeads(ExitHeads):
+    """Per layer: a pooler-like transform (dense H→H + tanh), dropout, a linear classifier
+    (PABEE, DeeBERT, PCEE, max-prob, fixed-exit, static-kl, DE³).
+
+    Every off-ramp has the capacity its original has on BERT, whatever the pooling:
+    `poolers = shared` is one transform for every layer, `per_layer` one per layer (DeeBERT's and
+    BERxiT's off-ramps). With `pooling = cls` and a backbone pooler the transform *is* that pooler
+    (shared: the backbone's own, fine-tuned; per layer: a copy each, as DeeBERT initialises its
+    off-ramps from the pre-trained pooler); with `mean` pooling (or a backbone without a pooler)
+    it is a new randomly initialised dense + tanh applied to the pooled vector.
     """
 
     def __init__(self, encoder: LayerwiseEncoder, num_labels: int, pooling: str,
                  poolers: str = "shared", dropout: float = 0.1):
         super().__init__()
+        if poolers not in ("shared", "per_layer"):
+            raise ValueError(f"unknown poolers {poolers!r}; valid: shared, per_layer")
         self.pooling, self.num_layers = pooling, encoder.num_layers
         base = encoder.pooler if pooling == "cls" else None
-        if poolers == "per_layer" and base is not None:
-            self.poolers = nn.ModuleList(copy.deepcopy(base) for _ in range(self.num_layers))
+        hidden = encoder.hidden_size
+        if poolers == "per_layer":
+            make = (lambda: copy.deepcopy(base)) if base is not None else (lambda: pooler_like(hidden))
+            self.poolers = nn.ModuleList(make() for _ in range(self.num_layers))
         else:
             self.poolers = None
-            self._shared = [base]  # a list so the backbone's pooler is not registered twice
+            # the backbone's pooler sits in a list so it is not registered twice
+            self.shared_pooler = pooler_like(hidden) if base is None else None
+            self._shared = [base if base is not None else self.shared_pooler]
+        # under `cls` a pooler module takes the token states; otherwise the pooled vector
+        self.pooler_on_tokens = base is not None
         self.dropout = nn.Dropout(dropout)
-        self.classifiers = nn.ModuleList(nn.Linear(encoder.hidden_size, num_labels)
-                                         for _ in range(self.num_layers))
+        self.classifiers = nn.ModuleList(nn.Linear(hidden, num_labels) for _ in range(self.num_layers))
+
+    def pooler(self, layer: int) -> nn.Module:
+        """The pooler-like transform of 1-based `layer` (shared or its own)."""
+        return self.poolers[layer - 1] if self.poolers is not None else self._shared[0]
 
     def pooled(self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor,
                state: dict | None = None) -> torch.Tensor:
         """Layer `layer`'s pooled feature `[N, H]`; `state` (optional) caches mean-pooling weights."""
+        if self.pooler_on_tokens:
+            return pool(hidden, attention_mask, "cls", self.pooler(layer))
         if self.pooling == "mean":
-            return pool(hidden, attention_mask, "mean", weights=cached_pool_weights(state, attention_mask))
-        pooler = self.poolers[layer - 1] if self.poolers is not None else self._shared[0]
-        return pool(hidden, attention_mask, self.pooling, pooler)
+            v = pool(hidden, attention_mask, "mean", weights=cached_pool_weights(state, attention_mask))
+        else:
+            v = pool(hidden, attention_mask, self.pooling)
+        return self.pooler(layer)(v)
 
     def forward_layer(self, layer, hidden, attention_mask, state):
         h = self.pooled(layer, hidden, attention_mask, state)
@@ -173,8 +206,18 @@ class MultiExitModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, **_) -> list[Signals]:
-        """Full-depth pass (training, recording): the signals of every layer, in order."""
-        return [sig for _, sig, _ in self.layer_pass(input_ids, attention_mask, token_type_ids)]
+        """Full-depth pass (training, recording): the signals of every layer, in order.
+
+        In training, heads may transform each layer's states before their use (`train_hidden`)
+        and stop the pass early (`train_depth`)."""
+        if not self.training:
+            return [sig for _, sig, _ in self.layer_pass(input_ids, attention_mask, token_type_ids)]
+        heads, out = self.heads, []
+        p = LayerPass(self, input_ids, attention_mask, token_type_ids)
+        for i in range(heads.train_depth or self.num_layers):
+            p.hidden = heads.train_hidden(i + 1, self.encoder.layer(i, p.hidden, p.mask))
+            out.append(heads.forward_layer(i + 1, p.hidden, p.attention_mask, p.head_state))
+        return out
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:

@@ -62,23 +62,33 @@ class PrototypeHeads(ClassifierHeads):
     """
 
     def __init__(self, encoder, num_labels: int, pooling: str, proto_dim: int = 0, protonet: bool = True,
-                 gamma: float = 0.1, distance: str = "euclidean"):
+                 gamma: float = 0.1, distance: str = "euclidean", last_layer: bool = False):
         super().__init__(encoder, num_labels, pooling, poolers="shared")
         if not 0.0 < gamma <= 1.0:
             raise ValueError(f"gamma={gamma} must be in (0, 1]")
         hidden = encoder.hidden_size
         dim = hidden if not protonet else (proto_dim or hidden)
         self.gamma, self.distance, self.num_labels = gamma, distance, num_labels
+        # prototypical networks on layers 1..L−1 (layer L never uses DR); `last_layer` adds one at L
+        self.proto_layers = self.num_layers if last_layer else self.num_layers - 1
         self.projections = nn.ModuleList(
-            (nn.Linear(hidden, dim) if protonet else nn.Identity()) for _ in range(self.num_layers))
+            (nn.Linear(hidden, dim) if protonet else nn.Identity()) for _ in range(self.proto_layers))
         self.register_buffer("prototypes", torch.zeros(self.num_layers, num_labels, dim))
         self.register_buffer("proto_set", torch.zeros(self.num_layers, num_labels, dtype=torch.bool))
 
+    def has_protos(self, layer: int) -> bool:
+        """Whether 1-based `layer` has a prototypical network (and DAR)."""
+        return layer <= self.proto_layers
+
     def forward_layer(self, layer, hidden, attention_mask, state):
         h = self.pooled(layer, hidden, attention_mask, state)
+        out = {"logits": self.classifiers[layer - 1](self.drop(h))}
+        if not self.has_protos(layer):
+            # no prototypes at layer L: distances 0 (DR = ½), never read (layer L always exits)
+            out["proto_dist"] = h.new_zeros(h.shape[0], self.num_labels, dtype=torch.float32)
+            return out
         z = self.projections[layer - 1](h)
-        out = {"logits": self.classifiers[layer - 1](self.drop(h)),
-               "proto_dist": pairwise_distance(z, self.prototypes[layer - 1], self.distance)}
+        out["proto_dist"] = pairwise_distance(z, self.prototypes[layer - 1], self.distance)
         if self.training:
             out["_z"] = z  # for DAR and the EMA update; never recorded
         return out
@@ -98,7 +108,7 @@ class PrototypeHeads(ClassifierHeads):
             self.proto_set[m] |= present
 
     def after_step(self, signals, labels, accelerator=None) -> None:
-        self.ema_update([s["_z"] for s in signals], labels)
+        self.ema_update([s["_z"] for s in signals if "_z" in s], labels)
 
     @torch.no_grad()
     def recompute(self, model, loader, device=None) -> None:
@@ -113,6 +123,8 @@ class PrototypeHeads(ClassifierHeads):
             onehot = F.one_hot(batch["labels"].long(), self.num_labels).float()
             for layer, _, p in model.layer_pass(batch["input_ids"], batch["attention_mask"],
                                                 batch.get("token_type_ids"), heads="none"):
+                if not self.has_protos(layer):
+                    continue
                 z = self.projections[layer - 1](self.pooled(layer, p.hidden, p.attention_mask)).float()
                 total[layer - 1] += onehot.T @ z
                 count[layer - 1] += onehot.sum(0)

@@ -22,7 +22,7 @@ from .options import NoOptions, known_subset, options_dict, parse_options
 from .registry import get_recipe
 
 LossFn = Callable[[MultiExitModel, list[Signals], torch.Tensor, int], torch.Tensor]
-__all__ = ["Recipe", "Stage", "get_recipe", "task_loss", "weighted_ce", "all_parameters"]
+__all__ = ["Recipe", "Stage", "get_recipe", "task_loss", "weighted_ce", "all_parameters", "settings_for"]
 
 
 @dataclass
@@ -53,6 +53,16 @@ def all_parameters(model: MultiExitModel) -> Iterable[nn.Parameter]:
     return model.parameters()
 
 
+def settings_for(recipe: Recipe, task: str, mode: str) -> tuple[dict, dict]:
+    """`train_settings` → (TrainConfig overrides, settings not applied): `equal` = none (the
+    profile's one budget for every method), `original` = the recipe's published settings."""
+    if mode == "equal":
+        return {}, {}
+    if mode == "original":
+        return recipe.original_settings(task)
+    raise ValueError(f"unknown train_settings {mode!r}; valid: equal, original")
+
+
 class Recipe(ABC):
     """How to build and train one family of multi-exit models."""
 
@@ -81,6 +91,23 @@ class Recipe(ABC):
     def after_training(self, model: MultiExitModel, train_loader, accelerator=None) -> None:  # noqa: B027
         """Hook run once after the last stage (DE³ recomputes its prototypes here)."""
 
+    def task_options(self, task: str, steps: Callable[[], int]) -> dict:
+        """Head options the original sets per task or per run (Past-Future's k and its schedule
+        length; `steps()` = optimizer steps per stage). The runner applies them under the user's."""
+        return {}
+
+    def original_settings(self, task: str) -> tuple[dict, dict]:
+        """The original's published training settings for `task` (`train_settings: original`):
+        `(TrainConfig fields, settings TrainConfig cannot express yet)`. Both empty: the source
+        is silent or there is no original (the equal-budget values are used)."""
+        return {}, {}
+
+
+# HF `run_glue.py` (transformers 2.x) argparse defaults shared by the DeeBERT, BERxiT, PABEE,
+# PCEE and GPFEE scripts where those scripts do not override them
+HF_RUN_GLUE = {"warmup_ratio": 0.0, "weight_decay": 0.0}
+HF_RUN_GLUE_MISSING = {"max_grad_norm": 1.0}
+
 
 @dataclass(frozen=True)
 class WeightedOptions:
@@ -102,6 +129,12 @@ class Weighted(Recipe):
     def stages(self):
         return [Stage("joint", all_parameters,
                       lambda model, sig, y, step: weighted_ce(sig, y, model.meta["layer_weights"]))]
+
+    def original_settings(self, task):
+        """PABEE finetune_bert.sh: batch 32, lr 2e-5, 5 epochs, best dev checkpoint
+        (`--evaluate_during_training`). Shared by PCEE, max-prob and fixed-exit."""
+        return ({"batch_size": 32, "lr": 2e-5, "epochs": 5.0, **HF_RUN_GLUE},
+                {**HF_RUN_GLUE_MISSING, "checkpoint": "best dev"})
 
 
 class Single(Recipe):
@@ -147,4 +180,9 @@ class TwoStage(Recipe):
             Stage("off-ramps", self._ramps,
                   lambda m, sig, y, step: sum(task_loss(s["logits"], y) for s in sig[:-1])),
         ]
+
+    def original_settings(self, task):
+        """DeeBERT scripts/train_highway.sh: batch 8, lr 2e-5, 3 epochs per stage, last checkpoint."""
+        return ({"batch_size": 8, "lr": 2e-5, "epochs": 3.0, **HF_RUN_GLUE},
+                {**HF_RUN_GLUE_MISSING, "checkpoint": "last"})
 

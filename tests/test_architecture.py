@@ -26,7 +26,7 @@ def test_registry_entries_are_lazy_and_found_through_plugins():
     with pytest.raises(ValueError, match="registered twice"):
         reg.add("json-dumps", "json:loads")
     # every baseline and the core's methods arrive through the entry points, in file order
-    assert METHODS.names()[:3] == ["deebert", "pabee", "static"] and "de3" in METHODS
+    assert METHODS.names()[:3] == ["deebert", "pabee", "fixed-exit"] and "de3" in METHODS
     assert {"self-distill", "alternate-lte", "past-future", "de3", "weighted"} <= set(RECIPES.names())
 
 

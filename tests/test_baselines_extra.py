@@ -292,10 +292,10 @@ def test_past_future_gate_formula(pooling):
         for layer in range(1, L + 1):
             out = heads.forward_layer(layer, hidden[layer - 1], mask, state)["logits"]
             h = hidden[layer - 1]
-            pooled.append(heads.poolers[layer - 1](h if pooling == "cls" else h.mean(1)))
+            pooled.append(heads.poolers[layer - 1](h[:, 0] if pooling == "cls" else h.mean(1)))
             past = [slot(j, pooled[j]) for j in range(layer)]
             fut = [slot(j - 1, future(j, pooled[-1]))[0] for j in range(layer + 1, L + 1)]
-            lam = torch.sigmoid(heads.gate * torch.tanh(torch.stack([g for _, g in past]).mean(0)))
+            lam = torch.sigmoid(heads.gate_proj(torch.tanh(torch.stack([g for _, g in past]).mean(0))))
             want = 2 * lam * sum(p for p, _ in past) + (2 - 2 * lam) * sum(fut, torch.zeros(3, c))
             assert torch.allclose(out, want, atol=1e-5)
             assert torch.allclose(state["past"][:, :c], sum(p for p, _ in past), atol=1e-6)
@@ -334,10 +334,12 @@ def test_head_flops_visible(recipe):
         # the first token's 1×T scores and its context
         w = 128
         assert flops == 2 * t * hdim * w + 2 * 2 * t * w * w + 3 * 2 * w * w + 2 * 2 * t * w + 2 * w * 2
-    if recipe == "past-future":  # pooler, L−1 future predictors, this layer's slot (2C), L−1 future slots (C)
-        assert flops == 2 * hdim * hdim * (1 + (L - 1)) + 2 * hdim * 2 * 2 + 2 * hdim * 2 * (L - 1)
-    if recipe == "alternate-lte":  # mean pooling (no product), off-ramp classifier H→C, LTE unit H→1
-        assert flops == 2 * hdim * 2 + 2 * hdim
+    if recipe == "past-future":  # pooler, L−1 future predictors, this layer's slot (2C), L−1 future
+        # slots (C), the gate nn.Linear(C, C)
+        gate = 2 * 2 * 2
+        assert flops == 2 * hdim * hdim * (1 + (L - 1)) + 2 * hdim * 2 * 2 + 2 * hdim * 2 * (L - 1) + gate
+    if recipe == "alternate-lte":  # mean-pooled pooler dense H→H (+tanh), off-ramp H→C, LTE unit H→1
+        assert flops == 2 * hdim * hdim + 2 * hdim * 2 + 2 * hdim
 
 
 def test_berxit_head_flops_with_cls_pooling():

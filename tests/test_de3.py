@@ -169,8 +169,9 @@ def test_de3_loss_is_the_weighted_sum():
     signals = [{"logits": torch.randn(6, 3, generator=g), "proto_dist": torch.rand(6, 3, generator=g) * 3}
                for _ in range(4)]
     y = torch.tensor([0, 1, 2, 0, 1, 2])
-    meta = {**asdict(De3Options()), "beta": 0.5}
-    model = SimpleNamespace(meta=meta, heads=SimpleNamespace(proto_set=torch.ones(4, 3, dtype=torch.bool)))
+    meta = {**asdict(De3Options()), "beta": 0.5, "layer_weights": "linear"}
+    model = SimpleNamespace(meta=meta, heads=SimpleNamespace(proto_set=torch.ones(4, 3, dtype=torch.bool),
+                                                             has_protos=lambda layer: True))
     terms = [F.cross_entropy(s["logits"], y) + 0.5 * F.cross_entropy(-s["proto_dist"], y) for s in signals]
     expected = sum((m + 1) * t for m, t in enumerate(terms)) / 10
     assert de3_loss(model, signals, y, 0).item() == pytest.approx(expected.item(), rel=1e-6)
@@ -302,12 +303,15 @@ def test_recompute_gives_exact_class_means(de3_model, synthetic_loader):
                                                    batch["token_type_ids"])
             for i in range(de3_model.num_layers):
                 hidden = de3_model.encoder.layer(i, hidden, mask)
+                if not heads.has_protos(i + 1):  # no prototypes at layer L (default)
+                    sums[i], counts[i] = heads.prototypes[i], 1
+                    continue
                 z = heads.projections[i](heads.pooled(i + 1, hidden, batch["attention_mask"]))
                 for c in range(2):
                     sums[i, c] += z[batch["labels"] == c].sum(0)
                     counts[i, c] += (batch["labels"] == c).sum()
     torch.testing.assert_close(heads.prototypes, sums / counts[..., None], atol=1e-5, rtol=1e-5)
-    assert heads.proto_set.all()
+    assert heads.proto_set[:-1].all() and not heads.proto_set[-1].any()
     assert not de3_model.training
 
 
@@ -379,7 +383,7 @@ def test_de3_loss_finite_and_decreases(tiny_encoder, synthetic_loader):
     losses = []
     for step in range(12):
         signals = model(*args)
-        assert all("_z" in s for s in signals)
+        assert all("_z" in s for s in signals[:-1]) and "_z" not in signals[-1]
         loss = stage.loss(model, signals, batch["labels"], step)
         assert torch.isfinite(loss)
         opt.zero_grad()
@@ -387,7 +391,8 @@ def test_de3_loss_finite_and_decreases(tiny_encoder, synthetic_loader):
         opt.step()
         model.heads.after_step(signals, batch["labels"])
         if step == 0:
-            assert model.heads.proto_set.all()  # the first batch sets every prototype
+            assert model.heads.proto_set[:-1].all()  # the first batch sets every prototype
+            assert not model.heads.proto_set[-1].any()  # layer L has none (default)
             start = eval_loss()  # now with the DAR term
         losses.append(loss.item())
     end = eval_loss()

@@ -20,6 +20,9 @@ def layer_flops(n: int) -> int:
     return 8 * n * H * H + 4 * n * n * H + 4 * n * H * I
 
 
+HEAD = 2 * H * H + 2 * H * C  # one off-ramp: dense H→H (+ tanh) and Linear(H, C)
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
@@ -34,7 +37,7 @@ def test_counter_equals_analytic_count(model, n):
     emb, layers, heads = count_components(model, n)
     assert emb == 0  # embedding lookups and LayerNorm are not matrix products
     assert layers == [layer_flops(n)] * L
-    assert heads == [2 * H * C] * L  # mean pooling + one Linear(H, C)
+    assert heads == [HEAD] * L  # mean pooling + the pooler-like dense H→H + one Linear(H, C)
 
 
 def test_quadratic_fit_is_exact_at_unseen_lengths(model):
@@ -42,13 +45,13 @@ def test_quadratic_fit_is_exact_at_unseen_lengths(model):
     lengths = np.array([5, 33, 100])
     emb, lay, hd = f.per_sample(lengths)
     np.testing.assert_allclose(lay, np.array([[layer_flops(n) for n in lengths]] * L), rtol=1e-9)
-    np.testing.assert_allclose(hd, 2 * H * C, rtol=1e-9)
+    np.testing.assert_allclose(hd, HEAD, rtol=1e-9)
     cum = f.cumulative(lengths)
     np.testing.assert_allclose(cum[0], lay[0] + hd[0], rtol=1e-9)
     # everyone exiting at layer 1 of 3: the plain model pays L layers + one head
     sp, _ = flops_speedup(np.ones(3, dtype=int), lengths, f, f)
-    expected = sum(L * layer_flops(n) + 2 * H * C for n in lengths) / sum(layer_flops(n) + 2 * H * C
-                                                                           for n in lengths)
+    expected = sum(L * layer_flops(n) + HEAD for n in lengths) / sum(layer_flops(n) + HEAD
+                                                                      for n in lengths)
     assert sp == pytest.approx(expected, rel=1e-9)
 
 
@@ -85,8 +88,9 @@ def test_fvcore_agrees_within_one_percent(model):
 
 
 def test_de3_heads_count_projection_classifier_and_distances():
-    """DE³'s exit head at one layer: classifier 2HC + projection 2Hd + distances 3Cd (cdist has a
-    registered formula), whatever the sequence length (mean pooling is not a matrix product)."""
+    """DE³'s exit head at one layer: pooler-like dense 2HH + classifier 2HC + projection 2Hd +
+    distances 3Cd (cdist has a registered formula), whatever the sequence length (mean pooling is
+    not a matrix product); layer L has no prototypical network (default)."""
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=1000, hidden_size=H, num_hidden_layers=L, num_attention_heads=4,
                      intermediate_size=I, attn_implementation="eager")
@@ -94,7 +98,7 @@ def test_de3_heads_count_projection_classifier_and_distances():
     de3 = get_recipe("de3").build(LayerwiseEncoder(BertModel(cfg)), meta).eval()
     for n in (5, 40):
         _, _, heads = count_components(de3, n)
-        assert heads == [2 * H * C + 2 * H * H + 3 * C * H] * L
+        assert heads == [HEAD + 2 * H * H + 3 * C * H] * (L - 1) + [HEAD]
 
 
 class _Logits(torch.nn.Module):

@@ -134,9 +134,10 @@ def test_de3_training_tracks_and_saves_prototypes(backbone_dir, tmp_path, monkey
         return original(self, z_per_layer, labels)
 
     monkeypatch.setattr(PrototypeHeads, "ema_update", spy)
-    model = train(_cfg(backbone_dir, tmp_path / "de3", recipe="de3", epochs=0.5))
-    assert updates == [4, 4]  # one EMA update per optimizer step, over every layer
-    assert model.heads.proto_set.all()
+    model = train(_cfg(backbone_dir, tmp_path / "de3", recipe="de3", epochs=0.5,
+                       head_options='{"recompute_prototypes": true}'))  # the option (default: EMA)
+    assert updates == [3, 3]  # one EMA update per optimizer step, over layers 1..L−1 (default)
+    assert model.heads.proto_set[:-1].all() and not model.heads.proto_set[-1].any()
     ema = model.heads.prototypes.clone()
     loaded = MultiExitModel.load(tmp_path / "de3" / "final")
     assert torch.equal(loaded.heads.prototypes, ema)

@@ -1,4 +1,8 @@
-"""Static BERT-kL: every sample stops at layer k (the no-adaptivity reference)."""
+"""Fixed exit: every sample stops at layer k of the jointly trained weighted model.
+
+This was called `static` before; the literature's static baseline (BERT-kL, a k-layer model
+fine-tuned on its own) is `static-kl` (baselines/static_kl.py).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,10 @@ from de3bert.method import Method
 from de3bert.policy import ExitPolicy, Knob
 
 
-class StaticPolicy(ExitPolicy):
+class FixedExitPolicy(ExitPolicy):
     """Exit at layer k for every sample."""
 
-    name = "static"
+    name = "fixed-exit"
     knob = Knob("k", 1, 1000, "smaller", integer=True)
     supports_regression = True
 
@@ -26,4 +30,5 @@ class StaticPolicy(ExitPolicy):
         return knobs.long().clamp(1, self.num_layers)[:, None].expand(len(knobs), n).clone()
 
 
-METHOD = Method("static", "weighted", StaticPolicy, "Static BERT-kL: all samples exit at layer k")
+METHOD = Method("fixed-exit", "weighted", FixedExitPolicy,
+                "Fixed exit: all samples exit at layer k of the weighted (jointly trained) model")
