@@ -155,6 +155,7 @@ class Runner:
 
     # ---- stages --------------------------------------------------------------------------------
     def train_config(self, task: str, recipe: str, seed: int) -> TrainConfig:
+        """The TrainConfig of one (task, recipe, seed): profile budget, train_settings, run-folder paths."""
         base, _ = self.p.recipe_train(task, recipe, seed, self.data_dir)  # train_settings hook
         if isinstance(base.get("head_options"), dict):
             base["head_options"] = json.dumps(base["head_options"])
@@ -192,12 +193,14 @@ class Runner:
 
     @property
     def device(self) -> str:
+        """The profile's device, or the CPU (with a note) when it asks for a missing GPU."""
         if self.p.device.startswith("cuda") and not torch.cuda.is_available():
             tqdm.write(f"[runner] profile asks for {self.p.device} but none is available; using the CPU")
             return "cpu"
         return self.p.device
 
     def dev_set(self, task_name: str, seed: int):
+        """The encoded dev split (subsampled by `dev_limit`) and its tokenizer."""
         task = get_task(task_name)
         cfg = self.train_config(task_name, "single", seed)
         tok = load_tokenizer(self.p.backbone)
@@ -423,6 +426,8 @@ class Runner:
 
     def replay_method(self, task, seed, name, model, rec, lengths, flops, full_flops, times, full_times,
                       full_model, items) -> list[dict]:
+        """One method's group: every knob value of its (refined) grid replayed from the record,
+        metrics and three speed-ups per row, operating points marked and timed live."""
         spec, method = get_task(task), get_method(name)
         policy = method.make_policy(spec.num_labels, model.num_layers)
         t0 = time.perf_counter()

@@ -183,6 +183,7 @@ class MultiExitModel(nn.Module):
 
     @property
     def num_layers(self) -> int:
+        """Transformer layers (= exits) of the encoder."""
         return self.encoder.num_layers
 
     def layer_pass(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -221,6 +222,7 @@ class MultiExitModel(nn.Module):
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
+        """The suite's own folder (weights, encoder config, multiexit.json); see `save_pretrained` for a Hub folder."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         save_model(self, str(d / "model.safetensors"))

@@ -16,7 +16,7 @@ MAX_LINES = 60
 #: methods that implement a documented interface (ExitPolicy, Recipe, ExitHeads, nn.Module):
 #: the base class's docstring says why, so an override needs none of its own
 OVERRIDES = {"grid", "step", "score", "init_state", "replay", "heads", "stages", "build",
-             "after_training", "after_step", "forward_layer", "forward", "drop"}
+             "after_training", "after_step", "forward_layer", "forward", "drop", "run"}
 
 
 def _public(name: str) -> bool:
