@@ -119,11 +119,11 @@ def live_wallclock(full_model: MultiExitModel, model: MultiExitModel, policy: Ex
         for b in part:
             full_forward(full_model, b)
 
-    def run_exit(part: list[dict]) -> torch.Tensor:
-        return torch.cat([live_batch(model, policy, knobs, b)[0] for b in part])
+    def run_exit(part: list[dict]) -> list[torch.Tensor]:
+        return [live_batch(model, policy, knobs, b)[0] for b in part]  # concatenated untimed, below
 
     timings = interleave(chunks, run_full, run_exit, repeats, driver)
-    return timings, torch.cat(timings.outputs)
+    return timings, torch.cat([e for out in timings.outputs for e in out])
 
 
 def compare_wallclock(full_model: MultiExitModel, model: MultiExitModel, policy: ExitPolicy, knob: float,
