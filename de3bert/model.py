@@ -222,7 +222,7 @@ class MultiExitModel(nn.Module):
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
-        """The suite's own folder (weights, encoder config, multiexit.json); see `save_pretrained` for a Hub folder."""
+        """The suite's own folder (weights, encoder config, multiexit.json); Hub: `save_pretrained`."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         save_model(self, str(d / "model.safetensors"))

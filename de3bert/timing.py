@@ -1,16 +1,20 @@
 """Wall-clock measurement: the full model against live early exit, on the same samples.
 
-Batch 1 (latency) and batch 32 with batch shrinking (throughput); warm-up first, then repeats
-*interleaved* (full, early exit, full, ...) because this machine's speed drifts over minutes;
-medians reported with the thread count. Also a per-component timing model (embeddings, each layer,
-each head) calibrated from real batch-1 runs, to price replayed operating points.
+Batch 1 (latency) and batch 32 with batch shrinking (throughput); warm-up first, then the two
+sides *interleaved* chunk by chunk (full, early exit, full, ...) because this machine's speed
+drifts over minutes; medians reported with the thread count. `interleave` is the one alternation
+primitive: `compare_wallclock` (the runner) and the pytest-benchmark targets both call it, the
+latter with pytest-benchmark's `pedantic` as the driver. Also a per-component timing model
+(embeddings, each layer, each head) calibrated from real batch-1 runs, to price replayed
+operating points.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -18,6 +22,10 @@ from .data import collate
 from .engine import live_batch
 from .model import LayerPass, MultiExitModel
 from .policy import ExitPolicy
+
+#: `driver(candidate, setup=reference, rounds=n)` runs `reference` then `candidate`, `n` times
+#: (pytest-benchmark's `benchmark.pedantic` has this signature; `alternate` is the plain loop).
+Driver = Callable[..., object]
 
 
 @torch.inference_mode()
@@ -34,43 +42,100 @@ def batches_of(items: list[dict], size: int, pad_token_id: int = 0) -> list[dict
     return [collate(items[i:i + size], pad_token_id) for i in range(0, len(items), size)]
 
 
-def _time(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+def alternate(candidate: Callable[[], object], setup: Callable[[], object], rounds: int) -> None:
+    """The plain driver of `interleave`: `setup` then `candidate`, `rounds` times."""
+    for _ in range(rounds):
+        setup()
+        candidate()
+
+
+@dataclass
+class Interleaved:
+    """Per-chunk seconds of both sides of `interleave` (`[chunk][round]`) and the candidate's
+    outputs of its last round over each chunk."""
+
+    reference: list[list[float]]
+    candidate: list[list[float]]
+    outputs: list[object] = field(default_factory=list)
+
+    def seconds(self, side: str) -> float:
+        """Σ over chunks of the median seconds of `side` ("reference" or "candidate")."""
+        return sum(statistics.median(t) for t in getattr(self, side))
+
+    def paired(self) -> list[float]:
+        """reference ÷ candidate seconds of every (chunk, round) pair."""
+        return [r / c for tr, tc in zip(self.reference, self.candidate, strict=True)
+                for r, c in zip(tr, tc, strict=True)]
+
+
+def interleave(chunks: Sequence, reference: Callable[[object], object], candidate: Callable[[object], object],
+               repeats: int, driver: Driver = alternate) -> Interleaved:
+    """Time `reference(chunk)` and `candidate(chunk)` alternately, chunk after chunk, `repeats` times
+    over all chunks, so a burst of load from another process cannot land on one side only.
+
+    `driver` decides how the rounds run (`alternate`, or `benchmark.pedantic` so pytest-benchmark
+    also records the candidate's rounds); if it ran fewer rounds than there are chunks
+    (`--benchmark-disable` runs one), the remaining chunks are run once more here.
+    """
+    out = Interleaved([[] for _ in chunks], [[] for _ in chunks], [None] * len(chunks))
+    turn = {"reference": 0, "candidate": 0}
+
+    def side(name: str, fn: Callable[[object], object]) -> Callable[[], None]:
+        def run() -> None:
+            c = turn[name] % len(chunks)
+            turn[name] += 1
+            t0 = time.perf_counter()
+            result = fn(chunks[c])
+            getattr(out, name)[c].append(time.perf_counter() - t0)
+            if name == "candidate":
+                out.outputs[c] = result
+        return run
+
+    run_reference, run_candidate = side("reference", reference), side("candidate", candidate)
+    driver(run_candidate, setup=run_reference, rounds=repeats * len(chunks))
+    while turn["candidate"] < len(chunks):
+        run_reference()
+        run_candidate()
+    return out
 
 
 @torch.inference_mode()
-def compare_wallclock(full_model: MultiExitModel, model: MultiExitModel, policy: ExitPolicy, knob: float,
-                      items: list[dict], batch_size: int = 1, repeats: int = 3, warmup: int = 3) -> dict:
-    """Median seconds of the full model and of early exit over `items`, and their ratio."""
+def live_wallclock(full_model: MultiExitModel, model: MultiExitModel, policy: ExitPolicy,
+                   knobs: torch.Tensor, batches: list[dict], chunk: int, repeats: int, warmup: int,
+                   driver: Driver = alternate) -> tuple[Interleaved, torch.Tensor]:
+    """The full model against live early exit over `batches`, alternating every `chunk` batches.
+
+    Returns the interleaved timings and the live exit layers `[N]` of all batches, in order.
+    """
     full_model.eval()
     model.eval()
-    batches = batches_of(items, batch_size)
-    knobs = policy.knob.validate([knob])
-
-    def run_full():
-        for b in batches:
-            full_forward(full_model, b)
-
-    exits: list[torch.Tensor] = []
-
-    def run_exit():
-        exits.clear()
-        for b in batches:
-            exits.append(live_batch(model, policy, knobs, b)[0])
-
     for b in batches[:warmup]:
         full_forward(full_model, b)
         live_batch(model, policy, knobs, b)
-    t_full, t_exit = [], []
-    for _ in range(repeats):
-        t_full.append(_time(run_full))
-        t_exit.append(_time(run_exit))
-    full, early = statistics.median(t_full), statistics.median(t_exit)
+    step = max(1, chunk)
+    chunks = [batches[i:i + step] for i in range(0, len(batches), step)]
+
+    def run_full(part: list[dict]) -> None:
+        for b in part:
+            full_forward(full_model, b)
+
+    def run_exit(part: list[dict]) -> list[torch.Tensor]:
+        return [live_batch(model, policy, knobs, b)[0] for b in part]  # concatenated untimed, below
+
+    timings = interleave(chunks, run_full, run_exit, repeats, driver)
+    return timings, torch.cat([e for out in timings.outputs for e in out])
+
+
+def compare_wallclock(full_model: MultiExitModel, model: MultiExitModel, policy: ExitPolicy, knob: float,
+                      items: list[dict], batch_size: int = 1, repeats: int = 3, warmup: int = 3) -> dict:
+    """Median seconds of the full model and of early exit over `items`, and their ratio."""
+    batches = batches_of(items, batch_size)
+    knobs = policy.knob.validate([knob])
+    timings, exits = live_wallclock(full_model, model, policy, knobs, batches, len(batches), repeats, warmup)
+    full, early = timings.seconds("reference"), timings.seconds("candidate")
     return {"seconds_full": full, "seconds_exit": early, "speedup": full / early,
             "batch_size": batch_size, "repeats": repeats, "samples": len(items),
-            "threads": torch.get_num_threads(), "exit_layers": torch.cat(exits).tolist()}
+            "threads": torch.get_num_threads(), "exit_layers": exits.tolist()}
 
 
 @torch.inference_mode()
