@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 
 from de3bert.backbone import load_tokenizer
-from de3bert.data import EncodedDataset, collate, get_task, load_examples, make_loader
+from de3bert.data import EncodedDataset, collate, get_task, load_examples, make_loader, resolve_data_dir
 from de3bert.engine import live_batch, record_signals
 from de3bert.export import ExitProgram, export_onnx, export_program
 from de3bert.model import MultiExitModel, build_model
-from de3bert.policy import refine_grid
 from de3bert.registry import get_method
+from de3bert.speedup import layer_speedups, operating_point, refine_grid
 from de3bert.timing import full_forward
 
 TRAINED = Path("results/default/models/mrpc/de3-s42/final")
@@ -50,12 +50,10 @@ def load_model(data_dir: str) -> tuple[MultiExitModel, str]:
 def knob_at(policy, record: dict, target: float) -> tuple[float, float]:
     """The runner's operating point: the knob whose layer speed-up is the smallest ≥ target."""
     grid = refine_grid(policy, record, sorted({*policy.grid(), *policy.dense_grid(100)}), [target])
-    exits = policy.replay(record, grid)
-    speedups = (policy.num_layers * exits.shape[1] / exits.sum(1).double()).tolist()
-    ok = [i for i, s in enumerate(speedups) if s >= target - 1e-9]
-    if not ok:
+    speedups = layer_speedups(policy.replay(record, grid), policy.num_layers)
+    i = operating_point(speedups, target)
+    if i is None:
         raise ValueError(f"no knob reaches {target}× on these samples (max {max(speedups):.2f}×)")
-    i = min(ok, key=lambda j: (speedups[j], j))
     return grid[i], speedups[i]
 
 
@@ -126,7 +124,7 @@ def measure(fns: dict, batches: list[dict], repeats: int) -> tuple[dict, dict]:
 def main(argv: list[str] | None = None) -> int:
     """Build, pick the 2× point, export, time every route and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", default=os.environ.get("GLUE_DIR") or "../shared/glue_data")
+    ap.add_argument("--data-dir", default=resolve_data_dir() or "../shared/glue_data")
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)

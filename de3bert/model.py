@@ -195,30 +195,25 @@ class MultiExitModel(nn.Module):
         `heads`: `all` runs every exit head, `last` only the final one (the plain model), `none`
         none (the caller runs them, e.g. to time or count them apart). Between layers the caller
         may drop finished rows with `pass.keep(rows)` (live early exit). `start`: a pass whose
-        embeddings were already computed (to count or time them apart).
+        embeddings were already computed (to count or time them apart). In training, heads may
+        transform each layer's states before their use (`train_hidden`) and stop the pass early
+        (`train_depth`); recording and inference always run every layer.
         """
         p = start if start is not None else LayerPass(self, input_ids, attention_mask, token_type_ids)
-        for i in range(self.num_layers):
+        train = self.training
+        for i in range((self.heads.train_depth or self.num_layers) if train else self.num_layers):
             layer = i + 1
-            p.hidden = self.encoder.layer(i, p.hidden, p.mask)
+            hidden = self.encoder.layer(i, p.hidden, p.mask)
+            p.hidden = self.heads.train_hidden(layer, hidden) if train else hidden
             run = heads == "all" or (heads == "last" and layer == self.num_layers)
             yield layer, (self.heads.forward_layer(layer, p.hidden, p.attention_mask, p.head_state)
                           if run else None), p
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, **_) -> list[Signals]:
-        """Full-depth pass (training, recording): the signals of every layer, in order.
-
-        In training, heads may transform each layer's states before their use (`train_hidden`)
-        and stop the pass early (`train_depth`)."""
-        if not self.training:
-            return [sig for _, sig, _ in self.layer_pass(input_ids, attention_mask, token_type_ids)]
-        heads, out = self.heads, []
-        p = LayerPass(self, input_ids, attention_mask, token_type_ids)
-        for i in range(heads.train_depth or self.num_layers):
-            p.hidden = heads.train_hidden(i + 1, self.encoder.layer(i, p.hidden, p.mask))
-            out.append(heads.forward_layer(i + 1, p.hidden, p.attention_mask, p.head_state))
-        return out
+        """Full-depth pass (training, recording): the signals of every layer, in order (in training
+        up to the heads' `train_depth`)."""
+        return [sig for _, sig, _ in self.layer_pass(input_ids, attention_mask, token_type_ids)]
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:

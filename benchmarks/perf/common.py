@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.layout import RunLayout
 from de3bert.backbone import EMBEDDED_BACKBONE, TINY_RANDOM
 from de3bert.data import Example
 from de3bert.policy import ExitPolicy
@@ -28,7 +29,8 @@ from de3bert.timing import batches_of, live_wallclock
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: trained MRPC models (`<recipe>-s42/final`) of the default profile; DE3_BENCH_MODELS overrides
-TRAINED_ROOT = Path(os.environ.get("DE3_BENCH_MODELS", REPO_ROOT / "results" / "default" / "models" / "mrpc"))
+_DEFAULT_RUN = RunLayout.for_run("default", REPO_ROOT / "results" / "default")  # the run-folder layout
+TRAINED_ROOT = Path(os.environ.get("DE3_BENCH_MODELS", _DEFAULT_RUN.model_dir("mrpc", "x", 0).parent))
 TRAINED_SEED = 42
 SEED = 1234
 
