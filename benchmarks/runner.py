@@ -39,7 +39,7 @@ from de3bert.data import (
     make_loader,
     resolve_data_dir,
 )
-from de3bert.engine import record_signals, replay_predictions
+from de3bert.engine import record_signals, replay_predictions, run_live
 from de3bert.flops import DepthFlops, depth_flops
 from de3bert.metrics import glue_metrics
 from de3bert.model import MultiExitModel
@@ -395,6 +395,7 @@ class Runner:
         ds, tok = self.dev_set(task, seed)
         lengths = np.array(ds.lengths())
         items = self.timing_items(ds)
+        self._dev = make_loader(ds, 32, shuffle=False, pad_token_id=tok.pad_token_id or 0)  # check_live
         full = models["single"]
         full_rec = self.record(task, "single", seed, full, ds, tok)
         full_flops = self.flops(task, "single", seed)
@@ -475,8 +476,21 @@ class Runner:
         for target, i in points.items():
             rows[i]["operating_point"] = sorted({*(rows[i]["operating_point"] or []), target})
             if rows[i]["speedup_wallclock"] is None and self.timed(name):
-                rows[i].update(self.time_live(name, policy, rows[i]["knob"]["value"], model, full_model,
-                                              items, exits[i, : len(items)].tolist()))
+                knob = rows[i]["knob"]["value"]
+                rows[i].update(self.time_live(name, policy, knob, model, full_model, items,
+                                              exits[i, : len(items)].tolist()))
+                rows[i].update(self.check_live(name, policy, knob, model, exits[i], rows[i]["live_agrees"]))
+
+    def check_live(self, name, policy, knob, model, replayed: torch.Tensor, timed_agree: bool) -> dict:
+        """Live early exit over the *whole* dev set at one operating point (batch 32, shrinking)
+        against replay: `live_agrees` and the number of samples whose exit layer differs."""
+        live = run_live(model, policy, knob, self._dev)
+        differ = int((live.exit_layers != replayed).sum())
+        if differ:
+            tqdm.write(f"[runner] WARNING {name}: live exits differ from replay on {differ} of "
+                       f"{replayed.numel()} dev samples at {policy.knob.name}={knob:g}")
+        return {"live_agrees": bool(timed_agree and differ == 0), "live_disagreements": differ,
+                "live_checked": int(replayed.numel())}
 
     def time_live(self, name, policy, knob, model, full_model, items, replayed) -> dict:
         """Batch-1 and batched wall-clock speed-ups at one knob, and whether live exits = replay."""
