@@ -131,7 +131,8 @@ def speed_table(df: pd.DataFrame) -> pd.DataFrame:
     """The three speed-ups (and live = replay) at every timed operating point."""
     speed = df[df["speedup_wallclock"].notna() & (df["method"] != FULL)]
     cols = ["task", "method", "knob", "speedup_layers", "speedup_flops", "speedup_layers_timed_subset",
-            "speedup_wallclock", "speedup_wallclock_b32", "speedup_wallclock_model", "live_agrees"]
+            "speedup_wallclock", "speedup_wallclock_b32", "speedup_wallclock_model", "live_agrees",
+            "live_disagreements", "live_checked"]
     s = speed[[c for c in cols if c in speed.columns]].copy()
     if "speedup_layers_timed_subset" in s:
         s["wallclock/layers (subset)"] = s["speedup_wallclock"] / s["speedup_layers_timed_subset"]
