@@ -227,8 +227,8 @@ class PastFuture(Recipe):
         """finetune_all.sh / finetune_bert.sh: per-task batch (× accumulation) and lr, 5 epochs;
         run_glue.py keeps every checkpoint and the best on dev is reported."""
         batch, lr = GPFEE_TASKS.get(task, (2, 32, 2e-5))[1:]
-        return ({"batch_size": batch, "lr": lr, "epochs": 5.0, "warmup_ratio": 0.0, "weight_decay": 0.0},
-                {"max_grad_norm": 1.0, "checkpoint": "best dev (eval_all_checkpoints)"})
+        return ({"batch_size": batch, "lr": lr, "epochs": 5.0, "warmup_ratio": 0.0, "weight_decay": 0.0,
+                 "max_grad_norm": 1.0}, {"checkpoint": "best dev (eval_all_checkpoints)"})
 
 
 class PastFutureEntropyPolicy(EntropyPolicy):

@@ -36,7 +36,7 @@ class StaticKlRecipe(Recipe):
 
     def original_settings(self, task):
         """DeeBERT/PABEE fine-tune their BERT-kL like the full model: batch 32, lr 2e-5, 3 epochs."""
-        return {"batch_size": 32, "lr": 2e-5, "epochs": 3.0, **HF_RUN_GLUE}, {"max_grad_norm": 1.0}
+        return {"batch_size": 32, "lr": 2e-5, "epochs": 3.0, **HF_RUN_GLUE}, {}
 
 
 RECIPES = {f"static-kl{k}": type(f"StaticKl{k}", (StaticKlRecipe,), {"name": f"static-kl{k}", "k": k,

@@ -141,13 +141,26 @@ def speed_table(df: pd.DataFrame) -> pd.DataFrame:
     return s.round(3)
 
 
+def train_settings_label(df: pd.DataFrame) -> str:
+    """Which `train_settings` made the rows (`equal`: one budget for every method; `original`:
+    each method's published settings), as every table must say."""
+    if "train_settings" not in df:
+        return "equal (one budget for every method)"
+    modes = sorted({(t or {}).get("train_settings", "equal") for t in df["train_settings"]
+                    if isinstance(t, dict)} or {"equal"})
+    words = {"equal": "equal (one budget for every method)",
+             "original": "original (each method's published settings; README table)"}
+    return " + ".join(words.get(m, m) for m in modes)
+
+
 def tables_markdown(df: pd.DataFrame, targets: list[float]) -> tuple[list[str], list[str]]:
     """The Markdown and LaTeX parts of results.md/.tex: main tables, ablations, areas, speed-ups."""
     md = ["# Early exit at equal layer speed-up (selection: dev, point estimates)", "",
           "The literature's protocol: each knob tuned and scored on the same dev split, no intervals. "
           "Cells: headline dev metric (achieved layer speed-up); `^` = highest point estimate, which "
           "says nothing about significance: see `uncertainty.md` for cross-fitted operating points, "
-          "95% intervals and which differences are real; the oracle uses labels (head-room only).", ""]
+          "95% intervals and which differences are real; the oracle uses labels (head-room only).", "",
+          f"Training settings: {train_settings_label(df)}.", ""]
     tex = []
     main = list(df[~is_ablation_col(df)]["method"].unique())
     for t in targets:

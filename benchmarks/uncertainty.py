@@ -96,7 +96,8 @@ def run_inputs(layout: RunLayout, settings: Settings) -> dict:
         tasks[task] = {"metric": trows[0]["headline_metric"], "n_layers": L, "labels": labels,
                        "targets": sorted({t for r in trows for t in (r.get("operating_point") or [])}),
                        "full_model": FULL, "seeds": seeds, "baselines": _baselines(methods, settings)}
-    return {"protocol": settings.selection, "tasks": tasks,
+    modes = sorted({(r.get("train_settings") or {}).get("train_settings", "equal") for r in rows})
+    return {"protocol": settings.selection, "tasks": tasks, "train_settings": " + ".join(modes),
             "indicator_pairs": _indicator_pairs(tasks, settings)}
 
 
@@ -231,6 +232,10 @@ def _main_methods(per: dict) -> tuple[list[str], dict[str, list[str]]]:
     return main, abl
 
 
+def _train_settings(inputs: dict) -> str:
+    return inputs.get("train_settings", "equal")
+
+
 def uncertainty_markdown(inputs: dict, per: dict, settings: Settings, seconds: float,
                          passes: dict[str, float]) -> str:
     """tables/uncertainty.md: the run's tables with intervals, significance and trivial baselines."""
@@ -244,7 +249,8 @@ def uncertainty_markdown(inputs: dict, per: dict, settings: Settings, seconds: f
           + ", ".join(f"{t} {p['n_seeds']}" for t, p in per.items())
           + " (one seed: sample-level intervals only; several: hierarchical bootstrap over seeds, "
             "then samples).",
-          "", LEGEND, "", "## Is each task learned?", ""]
+          "", f"Training settings: {_train_settings(inputs)}.", "", LEGEND, "",
+          "## Is each task learned?", ""]
     md += [f"- {t}: {'learned' if p['learned'].learned else '**not learned**'} — "
            + "; ".join(p["learned"].reasons) for t, p in per.items()] + [""]
     for t in targets:

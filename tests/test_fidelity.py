@@ -239,8 +239,9 @@ def test_train_settings_equal_is_default_and_original_is_the_table():
     for recipe in ("weighted", "two-stage", "alternate-lte", "past-future", "de3", "self-distill"):
         assert settings_for(get_recipe(recipe), "mrpc", "equal") == ({}, {})
     applied, missing = settings_for(get_recipe("two-stage"), "mrpc", "original")
-    assert applied == {"batch_size": 8, "lr": 2e-5, "epochs": 3.0, "warmup_ratio": 0.0, "weight_decay": 0.0}
-    assert missing["max_grad_norm"] == 1.0
+    assert applied == {"batch_size": 8, "lr": 2e-5, "epochs": 3.0, "warmup_ratio": 0.0, "weight_decay": 0.0,
+                       "max_grad_norm": 1.0}  # clipping now has a TrainConfig field
+    assert missing["checkpoint"] == "last"
     applied, missing = settings_for(get_recipe("weighted"), "rte", "original")
     assert applied["epochs"] == 5.0 and applied["batch_size"] == 32 and missing["checkpoint"] == "best dev"
     applied, _ = settings_for(get_recipe("past-future"), "sst2", "original")
@@ -261,7 +262,8 @@ def test_profile_train_settings_reach_the_train_config():
     p = Profile(name="t", train={"batch_size": 32, "lr": 1e-4, "epochs": 1}, train_settings="original")
     cfg, info = p.recipe_train("synthetic", "two-stage", 0)
     assert (cfg["batch_size"], cfg["lr"], cfg["epochs"]) == (8, 2e-5, 3.0)
-    assert info["train_settings"] == "original" and info["not_applied"]["max_grad_norm"] == 1.0
+    assert info["train_settings"] == "original" and cfg["max_grad_norm"] == 1.0
+    assert "max_grad_norm" not in info["not_applied"]
     eq = Profile(name="t", train={"batch_size": 32, "lr": 1e-4, "epochs": 1})
     cfg, info = eq.recipe_train("synthetic", "two-stage", 0)
     assert (cfg["batch_size"], cfg["lr"]) == (32, 1e-4) and info["train_settings"] == "equal"
