@@ -6,28 +6,14 @@ fine-tuned on its own) is `static-kl` (baselines/static_kl.py).
 
 from __future__ import annotations
 
+from de3bert.indicators import FixedLayerPolicy
 from de3bert.method import Method
-from de3bert.policy import ExitPolicy, Knob
 
 
-class FixedExitPolicy(ExitPolicy):
+class FixedExitPolicy(FixedLayerPolicy):
     """Exit at layer k for every sample."""
 
     name = "fixed-exit"
-    knob = Knob("k", 1, 1000, "smaller", integer=True)
-    supports_regression = True
-
-    def grid(self):
-        return list(range(1, self.num_layers + 1))
-
-    def step(self, layer, signals, state, knobs):
-        n = signals["logits"].shape[0]
-        return (knobs[:, None] <= layer).expand(len(knobs), n)
-
-    def replay(self, record, knobs):
-        knobs = self.knob.validate(knobs)
-        n = record["labels"].shape[0]
-        return knobs.long().clamp(1, self.num_layers)[:, None].expand(len(knobs), n).clone()
 
 
 METHOD = Method("fixed-exit", "weighted", FixedExitPolicy,

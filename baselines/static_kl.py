@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from de3bert.indicators import FixedLayerPolicy
 from de3bert.method import Method
 from de3bert.model import ClassifierHeads
-from de3bert.policy import ExitPolicy, Knob
 from de3bert.recipes import HF_RUN_GLUE, Recipe, Stage, all_parameters, task_loss
 
 KS = (2, 3, 4)
@@ -52,25 +52,14 @@ class StaticKlOptions:
     """Depth of the truncated model (the layer every sample exits at)."""
 
 
-class StaticKlPolicy(ExitPolicy):
+class StaticKlPolicy(FixedLayerPolicy):
     """Every sample exits at layer k (its model has no layers above k that were trained)."""
 
     name = "static-kl"
-    knob = Knob("k", 1, 1000, "smaller", integer=True)
-    supports_regression = True
     Options = StaticKlOptions
 
     def grid(self):
         return [min(self.opts.k, self.num_layers)]
-
-    def step(self, layer, signals, state, knobs):
-        n = signals["logits"].shape[0]
-        return (knobs[:, None] <= layer).expand(len(knobs), n)
-
-    def replay(self, record, knobs):
-        knobs = self.knob.validate(knobs)
-        n = record["labels"].shape[0]
-        return knobs.long().clamp(1, self.num_layers)[:, None].expand(len(knobs), n).clone()
 
 
 METHODS = {f"static-kl{k}": Method(f"static-kl{k}", f"static-kl{k}", StaticKlPolicy,

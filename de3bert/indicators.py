@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .policy import Knob, ThresholdPolicy, entropy, threshold_grid
+from .policy import ExitPolicy, Knob, ThresholdPolicy, entropy, threshold_grid
 
 
 class EntropyPolicy(ThresholdPolicy):
@@ -19,3 +19,24 @@ class EntropyPolicy(ThresholdPolicy):
 
     def score(self, layer, signals):
         return entropy(signals["logits"])
+
+
+class FixedLayerPolicy(ExitPolicy):
+    """Every sample exits at layer k (the knob): no adaptivity; shared by the fixed-exit rule on a
+    jointly trained model and by BERT-kL (static-kl), whose model has only k trained layers."""
+
+    name = "fixed-layer"
+    knob = Knob("k", 1, 1000, "smaller", integer=True)
+    supports_regression = True
+
+    def grid(self):
+        return list(range(1, self.num_layers + 1))
+
+    def step(self, layer, signals, state, knobs):
+        n = signals["logits"].shape[0]
+        return (knobs[:, None] <= layer).expand(len(knobs), n)
+
+    def replay(self, record, knobs):
+        knobs = self.knob.validate(knobs)
+        n = record["labels"].shape[0]
+        return knobs.long().clamp(1, self.num_layers)[:, None].expand(len(knobs), n).clone()
