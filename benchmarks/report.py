@@ -15,7 +15,7 @@ import seaborn as sns  # noqa: E402
 from de3bert.registry import METHODS  # noqa: E402
 
 from .layout import RunLayout  # noqa: E402
-from .results import FULL, read_rows  # noqa: E402
+from .results import FULL, check_one_configuration, read_rows  # noqa: E402
 
 
 def ablation_of(row: dict) -> str:
@@ -32,6 +32,7 @@ def load_rows(out: str | Path | RunLayout) -> pd.DataFrame:
     rows = read_rows(path)
     if not rows:
         raise ValueError(f"{path} has no rows")
+    check_one_configuration(rows)
     for r in rows:
         r["ablation_of"] = "" if r["method"] == FULL else ablation_of(r)
     df = pd.DataFrame(rows)

@@ -79,8 +79,8 @@ class Results:
     def done(self, task: str, method: str, seed: int, key: str | None = None) -> bool:
         """Whether the group (task, method, seed) is complete and was made with config `key`.
 
-        A group made with another configuration is dropped here (and recomputed by the caller),
-        so a table never mixes rows of two configurations."""
+        A group made with another configuration is not done; it stays in the file (a failing run
+        loses nothing) until `add_group` replaces it atomically with the recomputed one."""
         rows = [r for r in self.rows if group_key(r) == (task, method, seed)]
         if not rows:
             return False
@@ -88,13 +88,28 @@ class Results:
             return True
         tqdm.write(f"[runner] {task} × {method} (seed {seed}) was made with another configuration; "
                    "recomputing it")
-        self.rows = [r for r in self.rows if group_key(r) != (task, method, seed)]
-        self._write()
         return False
 
     def add_group(self, rows: list[dict]) -> None:
-        """Append one complete group and rewrite the file atomically."""
+        """Write one complete group (replacing an older version of it) by an atomic rewrite."""
+        keys = {group_key(r) for r in rows}
         for r in rows:
             r["group_size"] = len(rows)
-        self.rows.extend(rows)
+        self.rows = [r for r in self.rows if group_key(r) not in keys] + rows
         self._write()
+
+
+def check_one_configuration(rows: list[dict]) -> None:
+    """Refuse rows of two configurations in one table: per (task, seed) every row must come from
+    the same full model, and rows of one recipe from the same trained model (a re-run with other
+    settings that has not finished yet leaves both)."""
+    seen: dict[tuple, set] = {}
+    for r in rows:
+        if "config_hash" not in r:
+            continue  # rows written before config keys existed
+        seen.setdefault((r["task"], r["seed"], "full"), set()).add(r.get("full_config_hash"))
+        seen.setdefault((r["task"], r["seed"], r["recipe"]), set()).add(r["config_hash"])
+    mixed = sorted(f"{t} seed {s} ({what})" for (t, s, what), h in seen.items() if len(h) > 1)
+    if mixed:
+        raise ValueError("results mix rows made with two configurations: " + ", ".join(mixed)
+                         + "; rerun the profile to finish recomputing them")

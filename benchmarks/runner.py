@@ -263,6 +263,7 @@ class Runner:
                 "backbone": self.p.backbone, "profile": self.p.name,
                 "num_layers": model.num_layers, "config_hash": self.model_key(task, recipe, seed),
                 "group_hash": self.group_hash(task, method, seed),
+                "full_config_hash": self.model_key(task, "single", seed),
                 "operating_point_selection": "dev",  # `operating_point` marks: tuned and scored on dev
                 "train_settings": self.p.recipe_train(task, recipe, seed, self.data_dir)[1],
                 "config": {"train": model.meta.get("train_config", {}),

@@ -41,3 +41,20 @@ def test_a_changed_config_recomputes_every_group_and_never_mixes_rows(tmp_path, 
     new_meta = json.loads((out / "records/synthetic/weighted-s0.safetensors.json").read_text())["meta"]
     assert new_meta["config_hash"] != record_meta["config_hash"]  # the record was rebuilt
     assert "another configuration" in capsys.readouterr().out
+
+
+def test_the_report_refuses_rows_of_two_configurations():
+    import pytest
+
+    from benchmarks.results import check_one_configuration
+
+    base = {"task": "mrpc", "seed": 0, "recipe": "weighted", "full_config_hash": "f1"}
+    check_one_configuration([{**base, "method": "pabee", "config_hash": "a"},
+                             {**base, "method": "pcee", "config_hash": "a"}])
+    with pytest.raises(ValueError, match=r"two configurations: mrpc seed 0 \(weighted\)"):
+        check_one_configuration([{**base, "method": "pabee", "config_hash": "a"},
+                                 {**base, "method": "pcee", "config_hash": "b"}])
+    with pytest.raises(ValueError, match=r"mrpc seed 0 \(full\)"):
+        check_one_configuration([{**base, "method": "pabee", "config_hash": "a"},
+                                 {**base, "recipe": "two-stage", "method": "deebert", "config_hash": "c",
+                                  "full_config_hash": "f2"}])

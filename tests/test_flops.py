@@ -133,12 +133,12 @@ def test_fvcore_full_forward_with_padding_mask(model):
     ids = torch.randint(1, 1000, (2, n), generator=g)
     attn = torch.ones(2, n, dtype=torch.long)
     attn[1, m:] = 0
-    padded = 2 * L * (layer_flops(n) + 2 * H * C)
+    padded = 2 * L * (layer_flops(n) + 2 * H * H + 2 * H * C)  # + the shared pooler's dense H→H
     assert _fvcore_flops(model, ids, attn) == padded
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         _Logits(model)(ids, attn)
     assert counter.get_total_flops() == padded
     alone = _fvcore_flops(model, ids[1:, :m], attn[1:, :m])
-    assert alone == L * (layer_flops(m) + 2 * H * C)
+    assert alone == L * (layer_flops(m) + 2 * H * H + 2 * H * C)
     fitted = depth_flops(model).cumulative(np.array([m]))[-1, 0]
     assert fitted == pytest.approx(alone, rel=1e-9)

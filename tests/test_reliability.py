@@ -292,8 +292,10 @@ def test_failing_run_leaves_finished_results_intact(smoke_run, tmp_path, capsys)
         assert snapshot(out) == before
     # a failure mid-run, after training: RTE's dev.tsv has a bad label on its last line
     _write(data, "RTE", "dev.tsv", RTE_HEADER + RTE_ROWS + "2\ti j\tk l\tmaybe\n")
-    path = _profile(tmp_path / "d.yaml", tasks=["synthetic", "rte"],
-                    train={"epochs": 1, "max_seq_length": 16})
+    # the synthetic task keeps the finished run's settings (its groups are reused, not recomputed)
+    smoke = yaml.safe_load((PROFILE_DIR / "smoke.yaml").read_text())
+    path = _profile(tmp_path / "d.yaml", **{**smoke, "tasks": ["synthetic", "rte"],
+                                            "task_train": {"rte": {"epochs": 1, "max_seq_length": 16}}})
     code, err = cli(["run", "--profile", str(path), "--out", str(out), "--no-progress",
                      "--data-dir", str(data)], capsys)
     assert code == 2 and "label 'maybe' is not one of" in err, err
