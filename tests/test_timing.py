@@ -23,3 +23,24 @@ def test_interleave_completes_chunks_a_driver_skipped():
 
     t = interleave([1, 2, 3], lambda c: None, lambda c: c, repeats=5, driver=one_round)
     assert t.outputs == [1, 2, 3] and all(len(x) == 1 for x in t.candidate)
+
+
+def test_compare_wallclock_times_both_models_on_the_same_samples_and_returns_live_exits(tiny_encoder,
+                                                                                        synthetic_dataset):
+    """The runner's live timing: ratio of medians, the live exit layers (= replay), the settings."""
+    import torch
+
+    from de3bert.engine import record_signals
+    from de3bert.recipes import get_recipe
+    from de3bert.registry import get_method
+    from de3bert.timing import batches_of, compare_wallclock
+
+    model = get_recipe("weighted").build(tiny_encoder(seed=2), {"num_labels": 2, "pooling": "mean"}).eval()
+    items = [synthetic_dataset[i] for i in range(12)]
+    policy = get_method("pabee").make_policy(2, model.num_layers)
+    out = compare_wallclock(model, model, policy, 1, items, batch_size=4, repeats=2, warmup=1)
+    assert out["speedup"] == out["seconds_full"] / out["seconds_exit"] > 0
+    assert (out["batch_size"], out["repeats"], out["samples"]) == (4, 2, 12)
+    assert out["threads"] == torch.get_num_threads()
+    replayed = policy.replay(record_signals(model, batches_of(items, 4), progress=False), [1])[0]
+    assert out["exit_layers"] == replayed.tolist()
