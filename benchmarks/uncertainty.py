@@ -85,17 +85,18 @@ def run_inputs(layout: RunLayout, settings: Settings) -> dict:
         trows = [r for r in rows if r["task"] == task]
         methods = list(dict.fromkeys(r["method"] for r in trows if r["method"] != FULL))
         recipes = {r["method"]: r["recipe"] for r in trows}
-        seeds, labels, L = {}, None, None
+        seeds, labels, L, left_out = {}, None, None, []
         for seed in sorted({r["seed"] for r in trows}):
             have = [m for m in methods if layout.exits(task, m, seed).is_file()]
             recs, ind, y, L = _seed_block(layout, task, seed, have, recipes)
             if labels is not None and not np.array_equal(labels, y):
-                raise ValueError(f"{task}: seeds were scored on different dev samples (dev_limit with "
-                                 "per-seed subsets); the paired analysis needs one dev set")
+                left_out.append(seed)  # another dev subset (dev_limit): not pairable with the first
+                continue
             labels, seeds[str(seed)] = y, {"methods": recs, "indicators": ind}
         tasks[task] = {"metric": trows[0]["headline_metric"], "n_layers": L, "labels": labels,
                        "targets": sorted({t for r in trows for t in (r.get("operating_point") or [])}),
-                       "full_model": FULL, "seeds": seeds, "baselines": _baselines(methods, settings)}
+                       "full_model": FULL, "seeds": seeds, "baselines": _baselines(methods, settings),
+                       "seeds_left_out": left_out}
     modes = sorted({(r.get("train_settings") or {}).get("train_settings", "equal") for r in rows})
     return {"protocol": settings.selection, "tasks": tasks, "train_settings": " + ".join(modes),
             "indicator_pairs": _indicator_pairs(tasks, settings)}
@@ -253,6 +254,10 @@ def uncertainty_markdown(inputs: dict, per: dict, settings: Settings, seconds: f
           "## Is each task learned?", ""]
     md += [f"- {t}: {'learned' if p['learned'].learned else '**not learned**'} — "
            + "; ".join(p["learned"].reasons) for t, p in per.items()] + [""]
+    for t, task in inputs["tasks"].items():
+        if task.get("seeds_left_out"):
+            md += [f"- {t}: seeds {task['seeds_left_out']} were scored on other dev samples (a per-seed "
+                   "`dev_limit` subset) and are left out of the paired analysis.", ""]
     for t in targets:
         md += [f"## Target {t:g}×", "", *target_table(inputs, per, t, main, settings)]
     for parent, variants in abl.items():

@@ -58,3 +58,15 @@ def test_the_report_refuses_rows_of_two_configurations():
         check_one_configuration([{**base, "method": "pabee", "config_hash": "a"},
                                  {**base, "recipe": "two-stage", "method": "deebert", "config_hash": "c",
                                   "full_config_hash": "f2"}])
+
+
+def test_seeds_on_different_dev_subsets_are_reported_not_fatal(tmp_path):
+    """With `dev_limit`, each seed scores its own dev subset: the paired analysis keeps the first
+    seed's and says which seeds it left out (the run and its report still complete)."""
+    prof = {**PROFILE, "seeds": [0, 1], "methods": ["pabee"]}
+    path = tmp_path / "two-seeds.yaml"
+    path.write_text(yaml.safe_dump(prof))
+    out = tmp_path / "out"
+    assert main(["run", "--profile", str(path), "--out", str(out), "--no-progress"]) == 0
+    md = (out / "tables" / "uncertainty.md").read_text()
+    assert "seeds [1] were scored on other dev samples" in md
