@@ -293,7 +293,7 @@ def band_plot(per: dict, path) -> list:
         ax.set_title(task + ("" if p["learned"].learned else " (not learned)"))
         ax.set_xlabel("layer speed-up (×, scored folds)")
     axes[0][0].set_ylabel("metric")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside the bands
     paths = [path.with_suffix(".png"), path.with_suffix(".pdf")]
     for q in paths:
         fig.savefig(q, bbox_inches="tight", dpi=130)
