@@ -24,7 +24,7 @@ from de3bert.data import get_task
 from de3bert.metrics import glue_metrics, indicator_auroc
 from de3bert.policy import ThresholdPolicy, predictions
 from de3bert.record import load_record, record_meta
-from de3bert.registry import all_methods
+from de3bert.registry import all_methods, get_method
 
 from .layout import RunLayout
 from .results import read_rows
@@ -63,7 +63,7 @@ def indicator_rows(task: str, recipe: str, rec: dict[str, torch.Tensor]) -> list
     """AUROC rows (task, indicator, layer) of every threshold method on one record."""
     rows = []
     for name, (score, correct) in indicator_scores(recipe, rec).items():
-        policy_name = all_methods()[name].policy.name
+        policy_name = get_method(name).policy.name
         rows += [{"task": task, "indicator": f"{name} ({policy_name})", "layer": layer + 1,
                   "auroc": indicator_auroc(score[layer], correct[layer])} for layer in range(len(score))]
     return rows

@@ -21,7 +21,7 @@ def test_replay_sweep(benchmark, cfg, models, dev_loader, dev_records):
     for name, method in all_methods().items():
         rec = dev_records[method.recipe]
         policy = method.make_policy(2, models[0][method.recipe].num_layers)
-        sweeps.append((name, policy, sweep_values(name, policy, cfg.sweep_size), rec))
+        sweeps.append((name, policy, sweep_values(policy, cfg.sweep_size), rec))
 
     def replay_all():
         for _, policy, values, rec in sweeps:

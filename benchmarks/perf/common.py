@@ -131,7 +131,7 @@ def fixed_length_items(examples: list[Example], tokenizer, n: int, length: int) 
     return items
 
 
-def sweep_values(name: str, policy: ExitPolicy, n: int) -> list[float]:
+def sweep_values(policy: ExitPolicy, n: int) -> list[float]:
     """The benchmark's sweep: `dense_grid(n)`; integer knobs (k, patience) and one-value grids
     (the oracle) use their whole, smaller grid."""
     grid = policy.grid()
