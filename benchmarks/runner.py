@@ -15,6 +15,7 @@ those artefacts and yields its result groups. The driver (`Runner.run`) alone wr
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -38,6 +39,7 @@ from de3bert.data import (
     load_examples,
     make_loader,
     resolve_data_dir,
+    sorted_loader,
 )
 from de3bert.engine import record_signals, replay_predictions, run_live
 from de3bert.flops import DepthFlops, depth_flops
@@ -47,7 +49,7 @@ from de3bert.record import CorruptRecord, atomic_write_text, load_record, record
 from de3bert.registry import get_method
 from de3bert.speedup import flops_speedup, layer_speedup, modelled_speedup, operating_points, refine_grid
 from de3bert.timing import compare_wallclock, component_times
-from de3bert.train import TrainConfig, config_hash, train
+from de3bert.train import TrainConfig, config_hash, first_stage_config, train
 
 from .executors import Executor, Job, LocalExecutor, Progress, RayExecutor
 from .layout import RunLayout
@@ -100,6 +102,10 @@ def make_executor(profile: Profile, layout: RunLayout) -> Executor:
     if profile.executor == "ray":
         return RayExecutor(layout.jobs, profile.ray_address or None, profile.max_retries)
     return LocalExecutor()
+
+
+#: the seed of the `dev_limit` subsample: one subset for every training seed, so seeds pair
+DEV_SUBSET_SEED = 0
 
 
 class Runner:
@@ -159,9 +165,22 @@ class Runner:
         base, _ = self.p.recipe_train(task, recipe, seed, self.data_dir)  # train_settings hook
         if isinstance(base.get("head_options"), dict):
             base["head_options"] = json.dumps(base["head_options"])
-        return TrainConfig(task=task, recipe=recipe, backbone=self.p.backbone, data_dir=self.data_dir or "",
-                           seed=seed, out_dir=str(self.layout.model_dir(task, recipe, seed)),
-                           progress=self.progress, **base)
+        cfg = TrainConfig(task=task, recipe=recipe, backbone=self.p.backbone, data_dir=self.data_dir or "",
+                          seed=seed, out_dir=str(self.layout.model_dir(task, recipe, seed)),
+                          progress=self.progress, **base)
+        return self._share_first_stage(cfg)
+
+    def _share_first_stage(self, cfg: TrainConfig) -> TrainConfig:
+        """Point a recipe whose first stage is another recipe's run (two-stage: `single`) at that
+        run's folder when this profile trains the identical config there (so it is trained once);
+        under other settings (e.g. `train_settings: original`) it keeps its own copy."""
+        shared = first_stage_config(cfg)
+        if shared is None:
+            return cfg
+        theirs = self.train_config(cfg.task, shared.recipe, cfg.seed)
+        if config_hash(shared) == config_hash(theirs):  # out_dir is not hashed
+            return dataclasses.replace(cfg, first_stage_dir=theirs.out_dir)
+        return cfg
 
     def model_key(self, task: str, recipe: str, seed: int) -> str:
         """The config hash of one training (`de3bert.train.config_hash`): keys its record and caches."""
@@ -204,12 +223,18 @@ class Runner:
         task = get_task(task_name)
         cfg = self.train_config(task_name, "single", seed)
         tok = load_tokenizer(self.p.backbone)
-        ex = load_examples(task, "dev", self.data_dir, self.p.dev_limit or None, seed)
+        ex = load_examples(task, "dev", self.data_dir, self.p.dev_limit or None, DEV_SUBSET_SEED)
         return EncodedDataset(ex, tok, cfg.max_seq_length, task.is_regression), tok
+
+    def record_key(self, task: str, recipe: str, seed: int) -> str:
+        """The key of a dev record: its model's config hash, and the dev subset when `dev_limit`
+        is set (a changed subset must not reuse a record of another one)."""
+        key = self.model_key(task, recipe, seed)
+        return f"{key}:dev{self.p.dev_limit}" if self.p.dev_limit else key
 
     def record(self, task: str, recipe: str, seed: int, model: MultiExitModel, ds, tok) -> dict:
         """The dev record of one trained model: loaded if intact, rebuilt if missing or corrupt."""
-        path, key = self.layout.record(task, recipe, seed), self.model_key(task, recipe, seed)
+        path, key = self.layout.record(task, recipe, seed), self.record_key(task, recipe, seed)
         try:
             rec = load_record(path)
             if record_meta(path).get("config_hash") == key:
@@ -219,7 +244,7 @@ class Runner:
             pass
         except CorruptRecord as err:
             tqdm.write(f"[runner] {err}; rebuilding the record")
-        loader = make_loader(ds, 64, shuffle=False, pad_token_id=tok.pad_token_id or 0)
+        loader = sorted_loader(ds, 64, pad_token_id=tok.pad_token_id or 0)  # rows come back in dev order
         t0 = time.perf_counter()
         rec = record_signals(model, loader, progress=self.progress)
         self._stat(task, "record_seconds", time.perf_counter() - t0)
@@ -326,10 +351,10 @@ class Runner:
             return False
         key = self.model_key(task, recipe, seed)
         stamps = (json.loads((model / "final" / "config_hash.json").read_text()).get("hash"),
-                  record_meta(rec).get("config_hash"),
                   (self._cached_json(model / "flops.json", key) or {}).get("config_hash"),
                   (self._cached_json(model / "times.json", key) or {}).get("config_hash"))
-        return all(s == key for s in stamps)
+        return all(s == key for s in stamps) and record_meta(rec).get("config_hash") == \
+            self.record_key(task, recipe, seed)
 
     def jobs(self, plan: list[dict]) -> list[Job]:
         """The unfinished work as jobs, in dependency order: per (task, seed) the training jobs of

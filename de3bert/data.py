@@ -336,10 +336,40 @@ def collate(items: list[dict], pad_token_id: int = 0) -> dict[str, torch.Tensor]
     return batch
 
 
-def make_loader(ds: EncodedDataset, batch_size: int, shuffle: bool, seed: int = 0,
-                pad_token_id: int = 0) -> torch.utils.data.DataLoader:
-    """A loader with dynamic padding; shuffled by its own seeded generator (reproducible order)."""
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int,
+                           megabatch: int = 50) -> list[list[int]]:
+    """Batches of similar length, in the manner of HF's `LengthGroupedSampler`: a seeded
+    permutation cut into megabatches of `megabatch` × `batch_size` examples, each sorted by length
+    (so a batch pads to little more than its own examples), then the batches' order shuffled with
+    the same generator. Every example appears once per epoch; the order depends only on `seed`."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=shuffle, generator=gen,
-        collate_fn=lambda items: collate(items, pad_token_id))
+    order = torch.randperm(len(lengths), generator=gen).tolist()
+    size = max(1, megabatch) * batch_size
+    batches = []
+    for start in range(0, len(order), size):
+        mega = sorted(order[start:start + size], key=lambda i: -lengths[i])
+        batches += [mega[i:i + batch_size] for i in range(0, len(mega), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
+def sorted_loader(ds: EncodedDataset, batch_size: int, pad_token_id: int = 0) -> torch.utils.data.DataLoader:
+    """Batches of examples sorted by length (longest first): the least padding for a pass whose
+    consumer puts rows back in dataset order by their `index` (records, live exits)."""
+    order = sorted(range(len(ds)), key=lambda i: -len(ds.features[i]["input_ids"]))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return torch.utils.data.DataLoader(ds, batch_sampler=batches, generator=torch.Generator().manual_seed(0),
+                                       collate_fn=lambda items: collate(items, pad_token_id))
+
+
+def make_loader(ds: EncodedDataset, batch_size: int, shuffle: bool, seed: int = 0,
+                pad_token_id: int = 0, group_by_length: int = 0) -> torch.utils.data.DataLoader:
+    """A loader with dynamic padding; shuffled by its own seeded generator (reproducible order).
+    `group_by_length` > 0 (with `shuffle`) draws length-grouped batches from megabatches of that
+    many batches (`length_grouped_batches`): less padding, hence less compute per epoch."""
+    collate_fn = lambda items: collate(items, pad_token_id)  # noqa: E731
+    gen = torch.Generator().manual_seed(seed)  # also keeps the loader off the global RNG (resumes)
+    if shuffle and group_by_length > 0:
+        batches = length_grouped_batches(ds.lengths(), batch_size, seed, group_by_length)
+        return torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=collate_fn, generator=gen)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                                       collate_fn=collate_fn)

@@ -88,6 +88,14 @@ class Recipe(ABC):
     def stages(self) -> list[Stage]:
         """The training stages, in order."""
 
+    #: a recipe whose whole training *is* this recipe's first stage (same loss, parameters,
+    #: schedule): that run is trained once and shared (`de3bert.train`); empty = none
+    first_stage_from: ClassVar[str] = ""
+
+    def adopt_first_stage(self, model: MultiExitModel, trained: MultiExitModel) -> None:
+        """Copy what the first stage trains from `trained` (a `first_stage_from` model) into `model`."""
+        raise NotImplementedError(f"recipe {self.name} declares no shared first stage")
+
     def after_training(self, model: MultiExitModel, train_loader, accelerator=None) -> None:  # noqa: B027
         """Hook run once after the last stage (DE³ recomputes its prototypes here)."""
 
@@ -154,6 +162,14 @@ class TwoStage(Recipe):
     off-ramps 1..L-1 (own pooler each) with the unweighted sum of their losses."""
 
     name = "two-stage"
+    first_stage_from = "single"
+
+    def adopt_first_stage(self, model, trained):
+        """Stage 1 = the `single` fine-tune: its encoder, last pooler and last classifier."""
+        model.encoder.load_state_dict(trained.encoder.state_dict())
+        model.heads.classifiers[-1].load_state_dict(trained.heads.classifiers[-1].state_dict())
+        if model.heads.poolers is not None:
+            model.heads.poolers[-1].load_state_dict(trained.heads.pooler(model.num_layers).state_dict())
 
     def heads(self, encoder, meta):
         return ClassifierHeads(encoder, meta["num_labels"], meta["pooling"], poolers="per_layer")

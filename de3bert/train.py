@@ -68,6 +68,10 @@ class TrainConfig:
     """Fraction of each stage's optimizer steps with linear warm-up."""
     epochs: float = 3.0
     """Epochs per stage (fractions allowed); an epoch shows every training sample once."""
+    group_by_length: int = 50
+    """Length-grouped batches from megabatches of this many batches (HF LengthGroupedSampler); 0 = off."""
+    fused_adamw: bool = True
+    """AdamW's fused kernel (as HF Trainer's default `adamw_torch_fused`); False = the per-tensor loop."""
     train_limit: int = 0
     """Subsample the training set to this many examples (0 = all), seeded."""
     seed: int = 42
@@ -78,6 +82,9 @@ class TrainConfig:
     """JSON object of recipe options (e.g. DE³'s beta, gamma, dar, distance)."""
     out_dir: str = "runs/model"
     """Where the checkpoints and the final model are written."""
+    first_stage_dir: str = ""
+    """Where a recipe's shared first stage (e.g. two-stage's `single` fine-tune) is trained or
+    found by its config hash; empty = `<out_dir>/first_stage`."""
     progress: bool = True
     """Show progress bars."""
     on_config_change: str = "retrain"
@@ -100,7 +107,7 @@ class ConfigMismatchError(ValueError):
 
 
 #: TrainConfig fields that do not change the trained model (data_dir: its files' SHA-256 is hashed)
-NOT_HASHED = ("data_dir", "out_dir", "progress", "checkpoint_every", "on_config_change")
+NOT_HASHED = ("data_dir", "out_dir", "progress", "checkpoint_every", "on_config_change", "first_stage_dir")
 
 
 def seed_everything(seed: int) -> None:
@@ -147,6 +154,8 @@ def config_fingerprint(cfg: TrainConfig) -> dict:
         value = getattr(cfg, f.name)
         fp[f.name] = {"float": float, "int": int}.get(str(f.type), lambda v: v)(value)
     fp.update(task=task.train_task or task.name, pooling=cfg.resolved_pooling(), head_options=cfg.options())
+    if get_recipe(cfg.recipe).first_stage_from:  # its stage 1 is that recipe's run (see first_stage_config)
+        fp["first_stage"] = f"shared:{get_recipe(cfg.recipe).first_stage_from}"
     fp.update(_backbone_identity(cfg.backbone))
     fp.update(source_identity(task, "train", cfg.data_dir or None))
     return fp
@@ -207,8 +216,10 @@ def _save_checkpoint(out: Path, model, optimizer, scheduler, progress: dict, acc
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_model(accelerator.unwrap_model(model), str(tmp / "model.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state()}, tmp / "state.pt")
+    state = {"rng": torch.get_rng_state()}
+    if optimizer is not None:  # None: a stage boundary reached without an optimizer (a shared stage)
+        state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
+    torch.save(state, tmp / "state.pt")
     (tmp / "progress.json").write_text(json.dumps(progress))
     old = out / "checkpoint.old"
     shutil.rmtree(old, ignore_errors=True)
@@ -297,7 +308,8 @@ def _resume(run: _Run) -> None:
 def _loader(run: _Run, s_idx: int, epoch: int) -> torch.utils.data.DataLoader:
     """An epoch's shuffled loader; with several processes, sharded (its length is per process)."""
     loader = make_loader(run.ds, run.cfg.batch_size, shuffle=True,
-                         seed=run.cfg.seed * 1000 + s_idx * 100 + epoch, pad_token_id=run.pad_id)
+                         seed=run.cfg.seed * 1000 + s_idx * 100 + epoch, pad_token_id=run.pad_id,
+                         group_by_length=run.cfg.group_by_length)
     if run.accelerator.num_processes > 1:  # one process keeps our order (and old results)
         loader = run.accelerator.prepare(loader)
     return loader
@@ -316,6 +328,7 @@ class _Stage:
     total: int
     step: int
     bar: tqdm
+    window: list = field(default_factory=list)  # detached micro-batch losses since the last read-back
 
 
 def _start_stage(run: _Run, s_idx: int, stage: Stage) -> _Stage:
@@ -329,7 +342,8 @@ def _start_stage(run: _Run, s_idx: int, stage: Stage) -> _Stage:
         p.requires_grad_(True)
     steps_per_epoch = math.ceil(len(_loader(run, s_idx, 0)) / cfg.grad_accum_steps)
     total = max(1, int(steps_per_epoch * cfg.epochs))
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr * stage.lr_scale, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr * stage.lr_scale, weight_decay=cfg.weight_decay,
+                                  fused=cfg.fused_adamw)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     resuming = s_idx == run.progress["stage"]
     if run.resume_state is not None and resuming:
@@ -354,9 +368,7 @@ def _micro_step(run: _Run, st: _Stage, batch: dict, step_in_epoch: int, scale: i
     with contextlib.nullcontext() if sync else acc.no_sync(st.wrapped):
         signals = st.wrapped(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
         loss = st.stage.loss(acc.unwrap_model(st.wrapped), signals, batch["labels"], step_in_epoch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {st.step} "
-                                     f"({run.cfg.recipe}:{st.stage.name}); lower the learning rate")
+        st.window.append(loss.detach())  # read back every LOG_EVERY steps: one host sync, not one per step
         acc.backward(loss / scale if scale > 1 else loss)
     return batch, signals, loss
 
@@ -370,6 +382,26 @@ def _optimizer_step(run: _Run, st: _Stage) -> None:
     st.optimizer.zero_grad(set_to_none=True)
     st.step += 1
     st.bar.update(1)
+    if st.step % LOG_EVERY == 0 or st.step >= st.total:
+        _report_losses(run, st)
+
+
+#: optimizer steps between loss read-backs (the progress bar's loss and the finiteness check)
+LOG_EVERY = 10
+
+
+def _report_losses(run: _Run, st: _Stage) -> None:
+    """One host sync for the last window of micro-batch losses: stop on a non-finite one (the
+    window's steps are named), else show their mean on the progress bar."""
+    if not st.window:
+        return
+    losses = torch.stack(st.window).float().cpu()
+    st.window.clear()
+    if not torch.isfinite(losses).all():
+        raise FloatingPointError(f"non-finite loss {losses.tolist()} in the {len(losses)} micro-batches "
+                                 f"before step {st.step} ({run.cfg.recipe}:{st.stage.name}); lower the "
+                                 "learning rate")
+    st.bar.set_postfix(loss=f"{losses.mean().item():.4f}")
 
 
 def _run_epoch(run: _Run, st: _Stage, epoch: int) -> None:
@@ -390,15 +422,16 @@ def _run_epoch(run: _Run, st: _Stage, epoch: int) -> None:
         batch, signals, loss = _micro_step(run, st, batch, i // accum, group, sync=last)
         if last:
             _optimizer_step(run, st)
-            st.bar.set_postfix(loss=f"{loss.item():.4f}")
             run.mark(stage=st.s_idx, epoch=epoch, step_in_epoch=i + 1, global_step=st.step)
         _after_step(run.accelerator.unwrap_model(st.wrapped), batch, signals, run.accelerator)
         if last and st.step % cfg.checkpoint_every == 0 and st.step < st.total:
+            _report_losses(run, st)  # never checkpoint weights a non-finite loss has reached
             _save_checkpoint(run.out, st.wrapped, st.optimizer, st.scheduler, run.progress, run.accelerator)
 
 
-def _train_stage(run: _Run, s_idx: int, stage: Stage) -> None:
-    """All epochs of one stage, then a checkpoint at the stage boundary."""
+def _train_stage(run: _Run, s_idx: int, stage: Stage, last: bool) -> None:
+    """All epochs of one stage, then a checkpoint at the stage boundary (not after the last
+    stage: the final model is written next, and the checkpoint would be deleted unread)."""
     st = _start_stage(run, s_idx, stage)
     epoch = run.progress["epoch"] if s_idx == run.progress["stage"] else 0
     while st.step < st.total:
@@ -408,7 +441,8 @@ def _train_stage(run: _Run, s_idx: int, stage: Stage) -> None:
     st.bar.close()
     run.model = run.accelerator.unwrap_model(st.wrapped)
     run.mark(stage=s_idx + 1, epoch=0, step_in_epoch=0, global_step=0)
-    _save_checkpoint(run.out, st.wrapped, st.optimizer, st.scheduler, run.progress, run.accelerator)
+    if not last:
+        _save_checkpoint(run.out, st.wrapped, st.optimizer, st.scheduler, run.progress, run.accelerator)
 
 
 def _finish(run: _Run) -> MultiExitModel:
@@ -434,6 +468,35 @@ def _finish(run: _Run) -> MultiExitModel:
     return model
 
 
+# ---- a shared first stage ---------------------------------------------------------------------
+def first_stage_config(cfg: TrainConfig) -> TrainConfig | None:
+    """The run that is `cfg`'s first stage (its recipe's `first_stage_from`, same budget and seed,
+    no head options), or None. Its config hash keys the sharing: a runner that trains the same
+    config elsewhere passes that directory as `first_stage_dir` and it is trained only once."""
+    source = get_recipe(cfg.recipe).first_stage_from
+    if not source:
+        return None
+    out = cfg.first_stage_dir or str(Path(cfg.out_dir) / "first_stage")
+    return dataclasses.replace(cfg, recipe=source, head_options="{}", out_dir=out, first_stage_dir="")
+
+
+def _adopt_first_stage(run: _Run, shared: TrainConfig) -> None:
+    """Train (or load by hash) the shared first stage, copy it in, and go on at stage 2. One
+    process holds a file lock meanwhile, so parallel jobs never train the same run twice."""
+    lock = contextlib.nullcontext()
+    if run.accelerator.num_processes == 1:  # under DDP every process must enter train() together
+        from filelock import FileLock
+
+        Path(shared.out_dir).parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(f"{shared.out_dir}.lock")
+    with lock:
+        trained = train(shared, run.accelerator)
+    run.recipe.adopt_first_stage(run.model, trained.to(run.accelerator.device))
+    torch.manual_seed(run.cfg.seed * 1000 + 1)  # stage 2's dropout: the same with or without a resume
+    run.mark(stage=1, epoch=0, step_in_epoch=0, global_step=0)
+    _save_checkpoint(run.out, run.model, None, None, run.progress, run.accelerator)
+
+
 def train(cfg: TrainConfig, accelerator: Accelerator | None = None) -> MultiExitModel:
     """Train `cfg.recipe` on `cfg.task`; resume from `out_dir/checkpoint` if one of this config exists.
 
@@ -448,9 +511,15 @@ def train(cfg: TrainConfig, accelerator: Accelerator | None = None) -> MultiExit
         return reused
     run = _setup(cfg, accelerator, fp)
     _resume(run)
-    for s_idx, stage in enumerate(run.recipe.stages()):
+    shared = first_stage_config(cfg)
+    if shared is not None and run.progress["stage"] == 0:
+        _adopt_first_stage(run, shared)
+    stages = run.recipe.stages()
+    for s_idx, stage in enumerate(stages):
         if s_idx >= run.progress["stage"]:
-            _train_stage(run, s_idx, stage)
+            _train_stage(run, s_idx, stage, last=s_idx == len(stages) - 1)
+    if shared is not None:  # where stage 1 came from, in the saved model's metadata
+        run.model.meta["first_stage"] = {"recipe": shared.recipe, "config_hash": config_hash(shared)}
     return _finish(run)
 
 
