@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from de3bert import stats as st
+from de3bert.seedsplit import SeedSplit, pool_seeds
 
 NOT_BASELINES = ("oracle",)  # used only when the input names no `baselines` (hand-made inputs)
 
@@ -65,9 +66,10 @@ def _records(seed_block: Mapping) -> dict[str, st.MethodRecord]:
     return out
 
 
-def _pooled(analyses: Sequence[st.Analysis], seed: int) -> st.Analysis:
-    """One seed as is; several seeds through the hierarchical bootstrap."""
-    return st.hierarchical_bootstrap(list(analyses), seed=seed)
+def _pooled(analyses: Sequence[st.Analysis], seed: int) -> st.Analysis | SeedSplit:
+    """One seed as is; several through the hierarchical bootstrap (`pool_seeds`: methods on
+    the first seed only are analysed on it, with every comparison involving them)."""
+    return pool_seeds(analyses, seed=seed)
 
 
 def _learned(task: Mapping, seeds: Mapping[str, dict]) -> st.Verdict:

@@ -38,14 +38,17 @@ class Profile:
     """Per-task TrainConfig overrides, e.g. {sst2: {train_limit: 2000}}."""
     method_tasks: dict = field(default_factory=dict)
     """Restrict a method to some tasks, e.g. {fastbert: [mrpc, rte]} (others run everywhere)."""
+    method_seeds: dict = field(default_factory=dict)
+    """Restrict a method to some of `seeds`, e.g. {fastbert: [42]} (others run on every seed)."""
     dev_limit: int = 0
     """Evaluate on this many dev samples (0 = the whole dev split)."""
     speedup_targets: list[float] = field(default_factory=lambda: [1.5, 2.0])
     """Layer speed-ups at which the paper-style table picks each method's operating point."""
     timing: dict = field(default_factory=lambda: {"samples": 64, "repeats": 3, "warmup": 4,
                                                   "batch_size": 32, "methods": "all"})
-    """Live wall-clock runs at the operating points: samples, repeats, warmup, batched size, and
-    methods: `all`, `main` (every method that is not an ablation) or a list."""
+    """Live wall-clock runs at the operating points: samples, repeats, warmup, batched size,
+    methods: `all`, `main` (every method that is not an ablation) or a list, and seeds: `all` or
+    `first` (wall-clock is a property of the method, not of the seed: time the first seed only)."""
     threads: int = 2
     """torch threads for every measurement (recorded in the results)."""
     device: str = "cpu"
@@ -101,6 +104,7 @@ class Profile:
                                  + (" (or `all`)" if key == "methods" else ""))
         profile = cls(**data)
         profile.method_names()  # unknown method names fail here, before any work
+        profile.check_seeds_and_timing(path)
         profile.check_statistics(path)
         profile.check_execution()
         return profile
@@ -121,6 +125,15 @@ class Profile:
         if not 0 < alpha < 1 or reps < 1:
             raise ValueError(f"{where}: bootstrap alpha must be in (0, 1) and replicates ≥ 1")
 
+    def check_seeds_and_timing(self, where: Path | str) -> None:
+        """`method_seeds` lists seeds of the profile; `timing.seeds` is `all` or `first`."""
+        for name, seeds in self.method_seeds.items():
+            if not isinstance(seeds, list) or not set(seeds) <= set(self.seeds):
+                raise ValueError(f"{where}: method_seeds.{name}={seeds!r} must be a list of the profile's "
+                                 f"seeds {self.seeds}")
+        if self.timing.get("seeds", "all") not in ("all", "first"):
+            raise ValueError(f"{where}: timing.seeds={self.timing['seeds']!r}; valid: all, first")
+
     def check_execution(self) -> None:
         """Reject an executor setting Ray could not honour, before any work."""
         from .executors import EXECUTORS
@@ -138,10 +151,13 @@ class Profile:
 
     def method_names(self) -> list[str]:
         """The profile's methods in order: every registered one for `all`; unknown names fail."""
+        valid = METHODS.names()
+        for name in [*self.method_tasks, *self.method_seeds]:
+            if name not in valid:
+                raise unknown_name("method", name, valid)
         if self.methods == "all":
             return METHODS.names()
-        valid = METHODS.names()
-        for name in [*self.methods, *self.method_tasks]:
+        for name in self.methods:
             if name not in valid:
                 raise unknown_name("method", name, valid)
         return list(self.methods)
@@ -179,9 +195,15 @@ class Profile:
             cfg["head_options"] = {**extra, **head}
         return cfg, {"train_settings": self.train_settings, "applied": applied, "not_applied": missing}
 
-    def methods_for(self, task: str) -> list[str]:
-        """Methods to evaluate on `task` (`method_tasks` may restrict a method to some tasks)."""
-        return [m for m in self.method_names() if task in self.method_tasks.get(m, [task])]
+    def methods_for(self, task: str, seed: int | None = None) -> list[str]:
+        """Methods to evaluate on `task` (and `seed`): `method_tasks` and `method_seeds` may
+        restrict a method to some tasks and seeds."""
+        return [m for m in self.method_names() if task in self.method_tasks.get(m, [task])
+                and (seed is None or seed in self.method_seeds.get(m, [seed]))]
+
+    def timed_seed(self, seed: int) -> bool:
+        """Whether `seed`'s operating points are timed live (`timing.seeds`: all, or first)."""
+        return self.timing.get("seeds", "all") == "all" or seed == self.seeds[0]
 
 
 @cache

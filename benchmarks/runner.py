@@ -133,7 +133,7 @@ class Runner:
             task = get_task(task_name)
             for seed in self.p.seeds:
                 recipes, replays = ["single"], []
-                for name in self.p.methods_for(task.name):
+                for name in self.p.methods_for(task.name, seed):
                     m = get_method(name)
                     ok, why = m.supports(task.num_labels)
                     replays.append({"kind": "replay", "task": task.name, "method": name,
@@ -501,7 +501,8 @@ class Runner:
         points = operating_points([r["speedup_layers"] for r in rows], self.p.speedup_targets)
         for target, i in points.items():
             rows[i]["operating_point"] = sorted({*(rows[i]["operating_point"] or []), target})
-            if rows[i]["speedup_wallclock"] is None and self.timed(name):
+            timed = self.timed(name) and self.p.timed_seed(rows[i]["seed"])
+            if rows[i]["speedup_wallclock"] is None and timed:
                 knob = rows[i]["knob"]["value"]
                 rows[i].update(self.time_live(name, policy, knob, model, full_model, items,
                                               exits[i, : len(items)].tolist()))

@@ -709,11 +709,14 @@ def hierarchical_bootstrap(analyses: Sequence[Analysis], seed: int = 0) -> Analy
 
 
 def seed_summary(analyses: Sequence[Analysis]) -> dict[tuple, dict[str, float]]:
-    """Mean and standard deviation (ddof 1; NaN for one seed) over seeds of every point estimate."""
-    pts = np.stack([a.point for a in analyses])
-    std = pts.std(0, ddof=1) if len(analyses) > 1 else np.full(pts.shape[1], np.nan)
-    return {name: {"mean": float(m), "std": float(s), "n_seeds": len(analyses)}
-            for name, m, s in zip(analyses[0].names, pts.mean(0), std, strict=True)}
+    """Mean and standard deviation (ddof 1; NaN for one seed) over the seeds that have each
+    quantity (a method restricted to some seeds counts only those)."""
+    out = {}
+    for name in dict.fromkeys(n for a in analyses for n in a.names):
+        vals = np.array([a.point[a.names.index(name)] for a in analyses if name in a.names])
+        std = float(vals.std(ddof=1)) if len(vals) > 1 else float("nan")
+        out[name] = {"mean": float(vals.mean()), "std": std, "n_seeds": len(vals)}
+    return out
 
 
 # --------------------------------------------------------------------------------- trivial baselines

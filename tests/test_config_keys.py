@@ -71,3 +71,39 @@ def test_dev_limit_subset_is_shared_by_every_seed(tmp_path):
     md = (out / "tables" / "uncertainty.md").read_text()
     assert "were scored on other dev samples" not in md
     assert "synthetic 2" in md  # two seeds in the paired analysis
+
+
+def test_method_seeds_timing_first_seed_and_a_shared_first_stage(tmp_path):
+    """`method_seeds` restricts a method to some seeds; `timing.seeds: first` times only the first
+    seed's operating points; two-stage's first stage is the run's own `single` model (trained once)."""
+    prof = {**PROFILE, "seeds": [0, 1], "method_seeds": {"deebert": [0]},
+            "timing": {**PROFILE["timing"], "methods": "all", "seeds": "first"}}
+    path = tmp_path / "seeds.yaml"
+    path.write_text(yaml.safe_dump(prof))
+    out = tmp_path / "out"
+    assert main(["run", "--profile", str(path), "--out", str(out), "--no-progress"]) == 0
+    rows = read_rows(out / "results.jsonl")
+    assert {r["seed"] for r in rows if r["method"] == "deebert"} == {0}
+    assert {r["seed"] for r in rows if r["method"] == "pabee"} == {0, 1}
+    points = [r for r in rows if r["method"] == "pabee" and r["operating_point"]]
+    assert all((r["speedup_wallclock"] is not None) == (r["seed"] == 0) for r in points)
+    two = out / "models" / "synthetic" / "two-stage-s0"
+    meta = json.loads((two / "final" / "multiexit.json").read_text())
+    single_hash = json.loads((out / "models" / "synthetic" / "single-s0" / "final" /
+                              "config_hash.json").read_text())["hash"]
+    assert meta["first_stage"]["config_hash"] == single_hash
+    assert not (two / "first_stage").exists()  # not trained a second time inside two-stage's folder
+
+
+def test_method_seeds_and_timing_seeds_are_checked(tmp_path):
+    import pytest
+
+    from benchmarks.profiles import Profile
+
+    for bad, match in (({"method_seeds": {"pabee": [5]}}, "method_seeds.pabee"),
+                       ({"method_seeds": {"nope": [0]}}, "nope"),
+                       ({"timing": {"seeds": "some"}}, "timing.seeds")):
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump({**PROFILE, **bad}))
+        with pytest.raises((ValueError, KeyError), match=match):  # unknown names: KeyError
+            Profile.load(str(path))

@@ -439,3 +439,36 @@ def test_undefined_auroc_rows_do_not_leak_into_other_rows():
     assert np.isnan(an.point[an.row("x", "auroc", 1.0)])
     c = an.difference("x", "y", "auroc", 2.0)
     assert np.isfinite([c.interval.lo, c.interval.hi, c.p]).all()
+
+
+def test_a_method_on_the_first_seed_only_is_compared_on_that_seed():
+    """`pool_seeds`: methods on every seed are pooled over seeds; a first-seed-only method's cells
+    and every comparison involving it come from the first seed's own (paired) analysis."""
+    from de3bert.seedsplit import SeedSplit, pool_seeds
+
+    rng = np.random.default_rng(9)
+    labels = rng.integers(0, 2, 400)
+    kw = dict(n_layers=L, metric="accuracy", targets=[2.0], n_boot=200, n_grid=3, s_max=2.5)
+    first = st.paired_bootstrap({"a": simulate(rng, labels, skill=0.8), "b": simulate(rng, labels, skill=0.7),
+                                 "x": simulate(rng, labels, skill=0.75)}, labels, seed=0, **kw)
+    second = st.paired_bootstrap({"a": simulate(rng, labels, skill=0.9),
+                                  "b": simulate(rng, labels, skill=0.6)}, labels, seed=1, **kw)
+    view = pool_seeds([first, second], seed=3)
+    assert isinstance(view, SeedSplit) and view.methods == ["a", "b", "x"]
+    both = st.hierarchical_bootstrap([st_subset(first, ["a", "b"]), second], seed=3)
+    assert view.interval("a", "metric", 2.0) == both.interval("a", "metric", 2.0)
+    diff = {k: an.difference("a", k, "metric", 2.0).interval for k, an in (("b", both), ("x", first))}
+    assert view.difference("a", "b", "metric", 2.0).interval == diff["b"]
+    assert view.difference("a", "x", "metric", 2.0).interval == diff["x"]
+    assert view.point[view.row("x", "metric", 2.0)] == first.point[first.row("x", "metric", 2.0)]
+    assert "first seed only" in view.note and "x" in view.note
+    assert st.seed_summary([first, second])[("x", "metric", 2.0)]["n_seeds"] == 1
+    # the same methods on every seed: the plain hierarchical bootstrap
+    same = pool_seeds([st_subset(first, ["a", "b"]), second], seed=3)
+    assert not isinstance(same, SeedSplit)
+
+
+def st_subset(a, methods):
+    from de3bert.seedsplit import subset
+
+    return subset(a, methods)
