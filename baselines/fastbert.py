@@ -17,7 +17,7 @@ from torch import nn
 from de3bert.method import Method
 from de3bert.model import ExitHeads, MultiExitModel, cached_in_state
 from de3bert.policy import ExitPolicy, Knob, normalized_entropy, threshold_grid
-from de3bert.recipes import Recipe, Stage, task_loss
+from de3bert.recipes import FROZEN_BACKBONE_COST, Recipe, Stage, task_loss
 
 
 def additive_padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -129,7 +129,8 @@ class SelfDistill(Recipe):
 
     def stages(self):
         return [Stage("teacher", self._teacher, lambda m, sig, y, step: task_loss(sig[-1]["logits"], y)),
-                Stage("distill", self._students, distill_loss, lr_scale=10.0)]
+                Stage("distill", self._students, distill_loss, lr_scale=10.0,
+                      cost=FROZEN_BACKBONE_COST)]
 
 
 class FastBertPolicy(ExitPolicy):

@@ -54,7 +54,11 @@ class Profile:
     device: str = "cpu"
     """cpu or cuda."""
     step_seconds: dict = field(default_factory=lambda: {"default": 1.4})
-    """Seconds per training step by task (for the --dry-run estimate only)."""
+    """Seconds per full fine-tune step by task (for the --dry-run estimate only)."""
+    record_seconds: dict = field(default_factory=lambda: {"default": 5.0})
+    """Seconds per trained model for its dev record, FLOPs and timing caches, by task (--dry-run)."""
+    timed_seconds: dict = field(default_factory=lambda: {"default": 20.0})
+    """Seconds per timed replay group (live timing + whole-dev live check), by task (--dry-run)."""
     selection: str = "crossfit"
     """Operating-point protocol of the uncertainty tables: crossfit (default) or dev (literature)."""
     bootstrap: dict = field(default_factory=dict)

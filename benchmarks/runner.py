@@ -46,7 +46,7 @@ from de3bert.flops import DepthFlops, depth_flops
 from de3bert.metrics import glue_metrics
 from de3bert.model import MultiExitModel
 from de3bert.record import CorruptRecord, atomic_write_text, load_record, record_meta, save_record
-from de3bert.registry import get_method
+from de3bert.registry import get_method, get_recipe
 from de3bert.speedup import flops_speedup, layer_speedup, modelled_speedup, operating_points, refine_grid
 from de3bert.timing import compare_wallclock, component_times
 from de3bert.train import TrainConfig, config_hash, first_stage_config, train
@@ -104,6 +104,12 @@ def make_executor(profile: Profile, layout: RunLayout) -> Executor:
     return LocalExecutor()
 
 
+#: dry-run estimate constants (seconds): a replay-only group, a training run's load + save
+REPLAY_SECONDS, TRAIN_OVERHEAD_SECONDS = 2.0, 8.0
+#: training-set sizes of the GLUE tasks (the estimate when `train_limit` is 0 = all)
+TRAIN_ROWS = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "stsb": 5749, "qqp": 363846, "mnli": 392702,
+              "qnli": 104743, "rte": 2490, "wnli": 635, "synthetic": 800}
+
 #: the seed of the `dev_limit` subsample: one subset for every training seed, so seeds pair
 DEV_SUBSET_SEED = 0
 
@@ -146,18 +152,39 @@ class Runner:
         return steps
 
     def estimate_seconds(self, plan: list[dict]) -> float:
-        """Rough time: training steps × seconds per step, plus a recording/timing allowance."""
+        """Rough wall time of the plan from the profile's per-task costs (`step_seconds`,
+        `record_seconds`, `timed_seconds`): every stage's optimizer steps × seconds per step ×
+        the stage's relative cost (a shared first stage counted once), one dev record per
+        trained model, and per replay group its live timing (timed groups) or replay alone."""
         total = 0.0
         for s in plan:
-            if s["kind"] != "train":
-                total += 20.0 if not s["skip"] else 0.0
+            if s["skip"]:
                 continue
-            cfg = self.train_config(s["task"], s["recipe"], s["seed"])
-            n = cfg.train_limit or 5000
-            stages = 2 if s["recipe"] in ("two-stage", "self-distill") else 1
-            per_step = self.p.step_seconds.get(s["task"], self.p.step_seconds.get("default", 1.4))
-            total += stages * np.ceil(n / cfg.batch_size) * cfg.epochs * per_step + 15.0
+            if s["kind"] == "train":
+                total += self.train_estimate(s["task"], s["recipe"], s["seed"])
+                total += self._task_cost(self.p.record_seconds, s["task"], 5.0)
+            elif self.timed(s["method"]) and self.p.timed_seed(s["seed"]):
+                total += self._task_cost(self.p.timed_seconds, s["task"], 20.0)
+            else:  # replay alone: never dearer than a timed group of the same task
+                total += min(REPLAY_SECONDS, self._task_cost(self.p.timed_seconds, s["task"], 20.0))
         return total
+
+    @staticmethod
+    def _task_cost(costs: dict, task: str, fallback: float) -> float:
+        """A per-task cost from a profile dict (its `default` key, else `fallback`)."""
+        return float(costs.get(task, costs.get("default", fallback)))
+
+    def train_estimate(self, task: str, recipe: str, seed: int) -> float:
+        """Seconds to train one model: steps per stage × seconds per step × the stage's cost,
+        plus loading and saving; a first stage shared with another planned run is free here."""
+        cfg = self.train_config(task, recipe, seed)
+        n = cfg.train_limit or TRAIN_ROWS.get(task, 5000)
+        steps = np.ceil(n / cfg.batch_size / cfg.grad_accum_steps) * cfg.epochs
+        per_step = self._task_cost(self.p.step_seconds, task, 1.4)
+        stages = get_recipe(recipe).stages()
+        if cfg.first_stage_dir:  # trained (and counted) as its own run
+            stages = stages[1:]
+        return sum(steps * per_step * st.cost for st in stages) + TRAIN_OVERHEAD_SECONDS
 
     # ---- stages --------------------------------------------------------------------------------
     def train_config(self, task: str, recipe: str, seed: int) -> TrainConfig:

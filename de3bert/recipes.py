@@ -33,6 +33,7 @@ class Stage:
     trainable: Callable[[MultiExitModel], Iterable[nn.Parameter]]
     loss: LossFn  # (model, per-layer signals, labels, step-in-epoch) -> scalar
     lr_scale: float = 1.0
+    cost: float = 1.0  # seconds per step relative to a full fine-tune step (the --dry-run estimate)
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -109,6 +110,10 @@ class Recipe(ABC):
         `(TrainConfig fields, settings TrainConfig cannot express yet)`. Both empty: the source
         is silent or there is no original (the equal-budget values are used)."""
         return {}, {}
+
+
+#: a step whose backbone is frozen: full forward, backward through the heads only (measured: 0.45)
+FROZEN_BACKBONE_COST = 0.45
 
 
 # HF `run_glue.py` (transformers 2.x) argparse defaults shared by the DeeBERT, BERxiT, PABEE,
@@ -194,7 +199,8 @@ class TwoStage(Recipe):
         return [
             Stage("final", self._final, lambda m, sig, y, step: task_loss(sig[-1]["logits"], y)),
             Stage("off-ramps", self._ramps,
-                  lambda m, sig, y, step: sum(task_loss(s["logits"], y) for s in sig[:-1])),
+                  lambda m, sig, y, step: sum(task_loss(s["logits"], y) for s in sig[:-1]),
+                  cost=FROZEN_BACKBONE_COST),
         ]
 
     def original_settings(self, task):

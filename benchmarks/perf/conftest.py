@@ -43,7 +43,7 @@ from .common import (  # noqa: E402
 
 #: run order of the target files (as in the one-file suite: replay first, the overhead last)
 TARGET_ORDER = ("bench_replay_sweep", "bench_wallclock_fidelity", "bench_batched_early_exit",
-                "bench_indicator_overhead")
+                "bench_indicator_overhead", "bench_wallclock_real", "bench_train_throughput")
 
 
 def pytest_addoption(parser):
