@@ -38,6 +38,8 @@ class Profile:
     """Per-task TrainConfig overrides, e.g. {sst2: {train_limit: 2000}}."""
     method_tasks: dict = field(default_factory=dict)
     """Restrict a method to some tasks, e.g. {fastbert: [mrpc, rte]} (others run everywhere)."""
+    task_seeds: dict = field(default_factory=dict)
+    """Restrict a task to some of `seeds`, e.g. {stsb: [42]} (others run on every seed)."""
     method_seeds: dict = field(default_factory=dict)
     """Restrict a method to some of `seeds`, e.g. {fastbert: [42]} (others run on every seed)."""
     dev_limit: int = 0
@@ -130,11 +132,15 @@ class Profile:
             raise ValueError(f"{where}: bootstrap alpha must be in (0, 1) and replicates ≥ 1")
 
     def check_seeds_and_timing(self, where: Path | str) -> None:
-        """`method_seeds` lists seeds of the profile; `timing.seeds` is `all` or `first`."""
-        for name, seeds in self.method_seeds.items():
+        """`method_seeds`/`task_seeds` list seeds of the profile; `timing.seeds` is `all` or `first`."""
+        for name, seeds in [*self.method_seeds.items(), *self.task_seeds.items()]:
             if not isinstance(seeds, list) or not set(seeds) <= set(self.seeds):
-                raise ValueError(f"{where}: method_seeds.{name}={seeds!r} must be a list of the profile's "
+                key = "method_seeds" if name in self.method_seeds else "task_seeds"
+                raise ValueError(f"{where}: {key}.{name}={seeds!r} must be a list of the profile's "
                                  f"seeds {self.seeds}")
+        for task in self.task_seeds:
+            if task not in self.tasks:
+                raise ValueError(f"{where}: task_seeds.{task}: not one of the profile's tasks {self.tasks}")
         if self.timing.get("seeds", "all") not in ("all", "first"):
             raise ValueError(f"{where}: timing.seeds={self.timing['seeds']!r}; valid: all, first")
 
@@ -205,9 +211,14 @@ class Profile:
         return [m for m in self.method_names() if task in self.method_tasks.get(m, [task])
                 and (seed is None or seed in self.method_seeds.get(m, [seed]))]
 
-    def timed_seed(self, seed: int) -> bool:
-        """Whether `seed`'s operating points are timed live (`timing.seeds`: all, or first)."""
-        return self.timing.get("seeds", "all") == "all" or seed == self.seeds[0]
+    def seeds_for(self, task: str) -> list[int]:
+        """The seeds `task` runs on (`task_seeds` may restrict a task to some of them)."""
+        return [s for s in self.seeds if s in self.task_seeds.get(task, self.seeds)]
+
+    def timed_seed(self, task: str, seed: int) -> bool:
+        """Whether `seed`'s operating points on `task` are timed live (`timing.seeds`: all, or
+        first = the task's first seed)."""
+        return self.timing.get("seeds", "all") == "all" or seed == self.seeds_for(task)[0]
 
 
 @cache

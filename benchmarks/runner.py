@@ -137,7 +137,7 @@ class Runner:
         steps = []
         for task_name in self.p.tasks:
             task = get_task(task_name)
-            for seed in self.p.seeds:
+            for seed in self.p.seeds_for(task.name):
                 recipes, replays = ["single"], []
                 for name in self.p.methods_for(task.name, seed):
                     m = get_method(name)
@@ -163,7 +163,7 @@ class Runner:
             if s["kind"] == "train":
                 total += self.train_estimate(s["task"], s["recipe"], s["seed"])
                 total += self._task_cost(self.p.record_seconds, s["task"], 5.0)
-            elif self.timed(s["method"]) and self.p.timed_seed(s["seed"]):
+            elif self.timed(s["method"]) and self.p.timed_seed(s["task"], s["seed"]):
                 total += self._task_cost(self.p.timed_seconds, s["task"], 20.0)
             else:  # replay alone: never dearer than a timed group of the same task
                 total += min(REPLAY_SECONDS, self._task_cost(self.p.timed_seconds, s["task"], 20.0))
@@ -388,7 +388,7 @@ class Runner:
         every model a missing group needs (unless finished), then one evaluation job."""
         jobs = []
         for task in dict.fromkeys(get_task(t).name for t in self.p.tasks):
-            for seed in self.p.seeds:
+            for seed in self.p.seeds_for(task):
                 steps = [s for s in plan if s["task"] == task and s["seed"] == seed]
                 jobs += self.task_jobs(task, seed, steps)
         return jobs
@@ -528,7 +528,7 @@ class Runner:
         points = operating_points([r["speedup_layers"] for r in rows], self.p.speedup_targets)
         for target, i in points.items():
             rows[i]["operating_point"] = sorted({*(rows[i]["operating_point"] or []), target})
-            timed = self.timed(name) and self.p.timed_seed(rows[i]["seed"])
+            timed = self.timed(name) and self.p.timed_seed(rows[i]["task"], rows[i]["seed"])
             if rows[i]["speedup_wallclock"] is None and timed:
                 knob = rows[i]["knob"]["value"]
                 rows[i].update(self.time_live(name, policy, knob, model, full_model, items,

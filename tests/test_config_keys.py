@@ -102,8 +102,22 @@ def test_method_seeds_and_timing_seeds_are_checked(tmp_path):
 
     for bad, match in (({"method_seeds": {"pabee": [5]}}, "method_seeds.pabee"),
                        ({"method_seeds": {"nope": [0]}}, "nope"),
-                       ({"timing": {"seeds": "some"}}, "timing.seeds")):
+                       ({"timing": {"seeds": "some"}}, "timing.seeds"),
+                       ({"task_seeds": {"mrpc": [0]}}, "task_seeds.mrpc"),
+                       ({"task_seeds": {"synthetic": [3]}}, "task_seeds.synthetic")):
         path = tmp_path / "bad.yaml"
         path.write_text(yaml.safe_dump({**PROFILE, **bad}))
         with pytest.raises((ValueError, KeyError), match=match):  # unknown names: KeyError
             Profile.load(str(path))
+
+
+def test_task_seeds_restrict_the_plan(tmp_path):
+    """`task_seeds` keeps a task to some seeds: the plan trains and replays it on those only."""
+    from benchmarks.profiles import Profile
+    from benchmarks.runner import Runner
+
+    path = tmp_path / "ts.yaml"
+    path.write_text(yaml.safe_dump({**PROFILE, "seeds": [0, 1, 2], "task_seeds": {"synthetic": [1]}}))
+    plan = Runner(Profile.load(str(path)), tmp_path / "out").plan()
+    assert {s["seed"] for s in plan} == {1}
+    assert {s["recipe"] for s in plan if s["kind"] == "train"} == {"single", "weighted", "two-stage"}
