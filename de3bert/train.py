@@ -70,6 +70,8 @@ class TrainConfig:
     """Epochs per stage (fractions allowed); an epoch shows every training sample once."""
     group_by_length: int = 50
     """Length-grouped batches from megabatches of this many batches (HF LengthGroupedSampler); 0 = off."""
+    precision: str = "fp32"
+    """`fp32`, or `bf16`: forward and losses under bfloat16 autocast (weights and AdamW stay fp32)."""
     fused_adamw: bool = True
     """AdamW's fused kernel (as HF Trainer's default `adamw_torch_fused`); False = the per-tensor loop."""
     train_limit: int = 0
@@ -264,6 +266,8 @@ def _check(cfg: TrainConfig) -> None:
         raise ValueError(f"grad_accum_steps must be ≥ 1, got {cfg.grad_accum_steps}")
     if not cfg.max_grad_norm >= 0:
         raise ValueError(f"max_grad_norm must be ≥ 0 (0 = off), got {cfg.max_grad_norm}")
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
     if cfg.on_config_change not in ("retrain", "error"):
         raise ValueError(f"on_config_change must be retrain or error, got {cfg.on_config_change!r}")
     task, recipe = get_task(cfg.task), get_recipe(cfg.recipe)
@@ -365,9 +369,11 @@ def _micro_step(run: _Run, st: _Stage, batch: dict, step_in_epoch: int, scale: i
     gradients are all-reduced only on the group's last micro-batch (`sync`)."""
     acc = run.accelerator
     batch = {k: v.to(acc.device) for k, v in batch.items()}
+    bf16 = torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=run.cfg.precision == "bf16")
     with contextlib.nullcontext() if sync else acc.no_sync(st.wrapped):
-        signals = st.wrapped(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        loss = st.stage.loss(acc.unwrap_model(st.wrapped), signals, batch["labels"], step_in_epoch)
+        with bf16:
+            signals = st.wrapped(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+            loss = st.stage.loss(acc.unwrap_model(st.wrapped), signals, batch["labels"], step_in_epoch)
         st.window.append(loss.detach())  # read back every LOG_EVERY steps: one host sync, not one per step
         acc.backward(loss / scale if scale > 1 else loss)
     return batch, signals, loss

@@ -96,3 +96,18 @@ def test_non_finite_loss_stops_before_any_checkpoint_holds_it(backbone_dir, tmp_
     assert not (tmp_path / "nan" / "checkpoint").exists()
     assert not (tmp_path / "nan" / "final").exists()
     assert train_mod.LOG_EVERY > 3
+
+
+@pytest.mark.parametrize("recipe", sorted(__import__("de3bert.registry", fromlist=["RECIPES"]).RECIPES.names()))
+def test_every_recipe_trains_under_bf16_autocast(backbone_dir, tmp_path, recipe):
+    """`precision: bf16` (autocast) works for every recipe: fp32 weights that moved, finite."""
+    cfg = _cfg(backbone_dir, tmp_path / recipe, recipe=recipe, precision="bf16", epochs=0.5)
+    model = train(cfg)
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+    assert json.loads((tmp_path / recipe / "train_config.json").read_text())["precision"] == "bf16"
+
+
+def test_unknown_precision_fails_before_work(backbone_dir, tmp_path):
+    with pytest.raises(ValueError, match="precision must be fp32 or bf16"):
+        train(_cfg(backbone_dir, tmp_path / "p", precision="fp16"))
+    assert not (tmp_path / "p").exists()
