@@ -105,7 +105,7 @@ def make_executor(profile: Profile, layout: RunLayout) -> Executor:
 
 
 #: dry-run estimate constants (seconds): a replay-only group, a training run's load + save
-REPLAY_SECONDS, TRAIN_OVERHEAD_SECONDS = 2.0, 8.0
+REPLAY_SECONDS, TRAIN_OVERHEAD_SECONDS = 0.5, 8.0
 #: training-set sizes of the GLUE tasks (the estimate when `train_limit` is 0 = all)
 TRAIN_ROWS = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "stsb": 5749, "qqp": 363846, "mnli": 392702,
               "qnli": 104743, "rte": 2490, "wnli": 635, "synthetic": 800}

@@ -12,6 +12,7 @@ from transformers import BertConfig, BertModel
 from de3bert import recipes
 from de3bert import train as train_mod
 from de3bert.data import length_grouped_batches
+from de3bert.registry import RECIPES
 from de3bert.train import TrainConfig, config_hash, first_stage_config, train
 
 
@@ -98,7 +99,7 @@ def test_non_finite_loss_stops_before_any_checkpoint_holds_it(backbone_dir, tmp_
     assert train_mod.LOG_EVERY > 3
 
 
-@pytest.mark.parametrize("recipe", sorted(__import__("de3bert.registry", fromlist=["RECIPES"]).RECIPES.names()))
+@pytest.mark.parametrize("recipe", sorted(RECIPES.names()))
 def test_every_recipe_trains_under_bf16_autocast(backbone_dir, tmp_path, recipe):
     """`precision: bf16` (autocast) works for every recipe: fp32 weights that moved, finite."""
     cfg = _cfg(backbone_dir, tmp_path / recipe, recipe=recipe, precision="bf16", epochs=0.5)
