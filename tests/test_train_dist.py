@@ -34,7 +34,8 @@ def backbone_dir(tmp_path_factory, tokenizer) -> str:
 def _cfg(backbone: str, out: Path | str, **kw) -> TrainConfig:
     base = dict(task="synthetic", recipe="weighted", backbone=backbone, pooling="mean", batch_size=BATCH,
                 epochs=EPOCHS, train_limit=N_TRAIN, checkpoint_every=1000, max_seq_length=32, lr=1e-3,
-                seed=5, warmup_ratio=0.0, out_dir=str(out), progress=False)
+                seed=5, warmup_ratio=0.0, out_dir=str(out), progress=False,
+                group_by_length=0)  # plain shuffling: 2 × B consecutive = one batch of 2B
     return TrainConfig(**{**base, **kw})
 
 
