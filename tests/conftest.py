@@ -93,6 +93,23 @@ TINY_BERT = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_atte
 
 
 @pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, tokenizer):
+    """`tiny_bert_dir(name, **config)`: a seeded tiny random BERT saved with `save_pretrained`
+    next to the embedded tokenizer's files (a local backbone directory for training tests)."""
+    from transformers import BertConfig, BertModel
+
+    def make(name: str, **config) -> str:
+        d = tmp_path_factory.mktemp(name)
+        torch.manual_seed(0)
+        cfg = BertConfig(**{**TINY_BERT, "vocab_size": tokenizer.vocab_size, **config})
+        BertModel(cfg).save_pretrained(d)
+        tokenizer.save_pretrained(d)
+        return str(d)
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def tiny_encoder():
     """Factory: a fresh LayerwiseEncoder over a random 4-layer BERT (hidden 32), seeded."""
     from transformers import BertConfig, BertModel

@@ -466,6 +466,12 @@ def test_a_method_on_the_first_seed_only_is_compared_on_that_seed():
     # the same methods on every seed: the plain hierarchical bootstrap
     same = pool_seeds([st_subset(first, ["a", "b"]), second], seed=3)
     assert not isinstance(same, SeedSplit)
+    # ... whatever order each seed lists them in (records come back in dict order)
+    swapped = st.paired_bootstrap({"b": simulate(rng, labels, skill=0.6),
+                                   "a": simulate(rng, labels, skill=0.9)}, labels, seed=1, **kw)
+    assert swapped.names != second.names
+    pooled = pool_seeds([st_subset(first, ["a", "b"]), swapped], seed=3)
+    assert not isinstance(pooled, SeedSplit) and pooled.names == st_subset(first, ["a", "b"]).names
 
 
 def st_subset(a, methods):

@@ -25,14 +25,9 @@ class Crash(RuntimeError):
 
 
 @pytest.fixture(scope="module")
-def backbone_dir(tmp_path_factory, tokenizer) -> str:
-    """A tiny random BERT saved with save_pretrained, next to the embedded tokenizer's files."""
-    d = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=4,
-                         num_attention_heads=4, intermediate_size=64)).save_pretrained(d)
-    tokenizer.save_pretrained(d)
-    return str(d)
+def backbone_dir(tiny_bert_dir) -> str:
+    """A tiny random BERT next to the embedded tokenizer's files."""
+    return tiny_bert_dir("tiny-bert", num_hidden_layers=4)
 
 
 def _cfg(backbone: str, out: Path, **kw) -> TrainConfig:

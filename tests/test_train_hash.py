@@ -8,8 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import BertConfig, BertModel
 
 import de3bert.recipes as recipes
 import de3bert.train as train_mod
@@ -25,13 +23,9 @@ def config_fingerprint(cfg: TrainConfig) -> dict:
 
 
 @pytest.fixture(scope="module")
-def backbone_dir(tmp_path_factory, tokenizer) -> str:
-    d = tmp_path_factory.mktemp("tiny-bert-hash")
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                         num_attention_heads=4, intermediate_size=64)).save_pretrained(d)
-    tokenizer.save_pretrained(d)
-    return str(d)
+def backbone_dir(tiny_bert_dir) -> str:
+    """A tiny random BERT next to the embedded tokenizer's files."""
+    return tiny_bert_dir("tiny-bert-hash", num_hidden_layers=2)
 
 
 def _cfg(backbone: str, out: Path, **kw) -> TrainConfig:

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
 from de3bert import recipes
 from de3bert import train as train_mod
@@ -17,14 +16,9 @@ from de3bert.train import TrainConfig, config_hash, first_stage_config, train
 
 
 @pytest.fixture(scope="module")
-def backbone_dir(tmp_path_factory, tokenizer) -> str:
+def backbone_dir(tiny_bert_dir) -> str:
     """A tiny random BERT next to the embedded tokenizer's files."""
-    d = tmp_path_factory.mktemp("tiny-bert-speed")
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=3,
-                         num_attention_heads=4, intermediate_size=64)).save_pretrained(d)
-    tokenizer.save_pretrained(d)
-    return str(d)
+    return tiny_bert_dir("tiny-bert-speed", num_hidden_layers=3)
 
 
 def _cfg(backbone: str, out, **kw) -> TrainConfig:
