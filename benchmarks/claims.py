@@ -139,23 +139,30 @@ def _claim1_rows(name: str, task: Mapping, a: st.Analysis, de3: str) -> list[dic
         est = {m: a.point[a.row(m, "metric", t)] for m in bases}
         best = max(est, key=est.get) if est else None
         for b in bases:
+            src = _source(a, de3, b)  # cells from the analysis the difference is made on
             rows.append(
                 {
                     "task": name,
                     "target": float(t),
                     "baseline": b,
                     "best": b == best,
-                    "comparison": a.difference(de3, b, "metric", t),
-                    "de3": a.interval(de3, "metric", t),
-                    "baseline_cell": a.interval(b, "metric", t),
-                    "de3_speedup": a.interval(de3, "speedup", t),
-                    "baseline_speedup": a.interval(b, "speedup", t),
+                    "comparison": src.difference(de3, b, "metric", t),
+                    "de3": src.interval(de3, "metric", t),
+                    "baseline_cell": src.interval(b, "metric", t),
+                    "de3_speedup": src.interval(de3, "speedup", t),
+                    "baseline_speedup": src.interval(b, "speedup", t),
                     "reached": float(
-                        min(a.reached[a.row(de3, "metric", t)], a.reached[a.row(b, "metric", t)])
+                        min(src.reached[src.row(de3, "metric", t)], src.reached[src.row(b, "metric", t)])
                     ),
                 }
             )
     return rows
+
+
+def _source(a: st.Analysis | SeedSplit, *methods: str) -> st.Analysis:
+    """The analysis a comparison of `methods` is made on (a SeedSplit's pooled or first-seed part),
+    so that a row's cells and its difference come from the same seeds."""
+    return a.source(*methods) if isinstance(a, SeedSplit) else a
 
 
 def _claim2_rows(name: str, ind: st.Analysis | None, pairs: Sequence[Sequence[str]]) -> list[dict]:
@@ -167,14 +174,15 @@ def _claim2_rows(name: str, ind: st.Analysis | None, pairs: Sequence[Sequence[st
     for a, b in pairs:
         if a in have and b in have:
             layers = sorted({n[2] for n in ind.names if n[0] == a} & {n[2] for n in ind.names if n[0] == b})
+            src = _source(ind, a, b)
             rows += [
                 {
                     "task": name,
                     "pair": f"{a} − {b}",
                     "layer": int(lay),
-                    "comparison": ind.difference(a, b, "auroc", lay),
-                    "a": ind.interval(a, "auroc", lay),
-                    "b": ind.interval(b, "auroc", lay),
+                    "comparison": src.difference(a, b, "auroc", lay),
+                    "a": src.interval(a, "auroc", lay),
+                    "b": src.interval(b, "auroc", lay),
                 }
                 for lay in layers
             ]

@@ -478,3 +478,22 @@ def st_subset(a, methods):
     from de3bert.seedsplit import subset
 
     return subset(a, methods)
+
+
+def test_claim_rows_take_cells_and_difference_from_the_same_seeds():
+    """A claims row comparing DE³ with a first-seed-only baseline shows both cells from that seed,
+    the seed its difference is made on (not DE³'s pooled cell next to a first-seed difference)."""
+    from benchmarks.claims import _claim1_rows
+    from de3bert.seedsplit import pool_seeds
+
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, 300)
+    kw = dict(n_layers=L, metric="accuracy", targets=[2.0], n_boot=100, n_grid=3, s_max=2.5)
+    first = st.paired_bootstrap({"de3": simulate(rng, labels, skill=0.8),
+                                 "x": simulate(rng, labels, skill=0.7)}, labels, seed=0, **kw)
+    second = st.paired_bootstrap({"de3": simulate(rng, labels, skill=0.95)}, labels, seed=1, **kw)
+    view = pool_seeds([first, second], seed=2)
+    (row,) = _claim1_rows("t", {"baselines": ["x"], "targets": [2.0]}, view, "de3")
+    assert row["de3"] == first.interval("de3", "metric", 2.0)
+    assert row["de3"] != view.interval("de3", "metric", 2.0)  # the pooled cell differs
+    assert row["comparison"].interval == first.difference("de3", "x", "metric", 2.0).interval
