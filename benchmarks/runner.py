@@ -97,6 +97,20 @@ def eval_job(profile: Profile, layout: RunLayout, data_dir: str | None, progress
     yield "stats", runner.stats
 
 
+def merge_run_stats(old: dict | None, new: dict) -> dict:
+    """run.json after a (re-)run: a task this run recorded nothing for keeps its earlier record
+    and replay statistics (a resumed run reuses the records, so their cost is the earlier one's),
+    and the earlier runs' wall times stay listed under `earlier_seconds`."""
+    if not old:
+        return new
+    stats = {**old.get("replay_stats", {})}
+    stats.update({t: st for t, st in new["replay_stats"].items() if st.get("records")})
+    for t, st in new["replay_stats"].items():
+        stats.setdefault(t, st)
+    earlier = [*old.get("earlier_seconds", []), old.get("seconds")]
+    return {**new, "replay_stats": stats, "earlier_seconds": [s for s in earlier if s is not None]}
+
+
 def make_executor(profile: Profile, layout: RunLayout) -> Executor:
     """The profile's executor (`local` unless it or `--executor` says `ray`)."""
     if profile.executor == "ray":
@@ -357,7 +371,9 @@ class Runner:
                 st["replay_vs_one_pass"] = st["replay_seconds"] / one_pass
         run = {"seconds": elapsed, "executor": self.executor.name, "jobs": len(jobs),
                "replay_stats": self.stats, **self.meta}
-        atomic_write_text(self.out / "run.json", json.dumps(run, indent=2))
+        path = self.out / "run.json"
+        old = json.loads(path.read_text()) if path.is_file() else None
+        atomic_write_text(path, json.dumps(merge_run_stats(old, run), indent=2))
 
     def _emit(self, job: Job, output: tuple[str, object]) -> None:
         """In the driver: a job's result group goes to results.jsonl, its stats to run.json."""

@@ -121,3 +121,18 @@ def test_task_seeds_restrict_the_plan(tmp_path):
     plan = Runner(Profile.load(str(path)), tmp_path / "out").plan()
     assert {s["seed"] for s in plan} == {1}
     assert {s["recipe"] for s in plan if s["kind"] == "train"} == {"single", "weighted", "two-stage"}
+
+
+def test_a_resumed_run_keeps_the_record_statistics_of_the_run_that_made_the_records():
+    """A re-run that finds every record done must not erase their cost from run.json (the
+    uncertainty report's yardstick), and keeps the earlier wall times."""
+    from benchmarks.runner import merge_run_stats
+
+    first = {"seconds": 2925.9, "replay_stats": {"sst2": {"record_seconds": 86.0, "records": 21}}}
+    resumed = {"seconds": 25.0, "replay_stats": {"sst2": {"replay_groups": 0}}}
+    merged = merge_run_stats(first, resumed)
+    assert merged["replay_stats"]["sst2"] == {"record_seconds": 86.0, "records": 21}
+    assert merged["seconds"] == 25.0 and merged["earlier_seconds"] == [2925.9]
+    fresh = {"seconds": 9.0, "replay_stats": {"sst2": {"record_seconds": 4.0, "records": 1}}}
+    assert merge_run_stats(merged, fresh)["replay_stats"]["sst2"]["records"] == 1
+    assert merge_run_stats(None, fresh) == fresh
