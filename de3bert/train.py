@@ -487,16 +487,9 @@ def first_stage_config(cfg: TrainConfig) -> TrainConfig | None:
 
 
 def _adopt_first_stage(run: _Run, shared: TrainConfig) -> None:
-    """Train (or load by hash) the shared first stage, copy it in, and go on at stage 2. One
-    process holds a file lock meanwhile, so parallel jobs never train the same run twice."""
-    lock = contextlib.nullcontext()
-    if run.accelerator.num_processes == 1:  # under DDP every process must enter train() together
-        from filelock import FileLock
-
-        Path(shared.out_dir).parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(f"{shared.out_dir}.lock")
-    with lock:
-        trained = train(shared, run.accelerator)
+    """Train (or load by hash) the shared first stage, copy it in, and go on at stage 2 (train()'s
+    lock on the shared run's folder keeps parallel jobs from training it twice)."""
+    trained = train(shared, run.accelerator)  # under train()'s lock on its out_dir
     run.recipe.adopt_first_stage(run.model, trained.to(run.accelerator.device))
     torch.manual_seed(run.cfg.seed * 1000 + 1)  # stage 2's dropout: the same with or without a resume
     run.mark(stage=1, epoch=0, step_in_epoch=0, global_step=0)
@@ -511,6 +504,25 @@ def train(cfg: TrainConfig, accelerator: Accelerator | None = None) -> MultiExit
     `on_config_change`), so changed settings never silently reuse old work.
     """
     _check(cfg)
+    with _out_dir_lock(cfg, accelerator):
+        return _train_locked(cfg, accelerator)
+
+
+def _out_dir_lock(cfg: TrainConfig, accelerator: Accelerator | None):
+    """A file lock on `out_dir` (one process): two jobs that train the same run (a runner's
+    `single` job and another recipe's shared first stage, in parallel under Ray) take turns, and
+    the second finds the first's model by its hash. Under DDP every process must enter together."""
+    distributed = accelerator is not None and accelerator.num_processes > 1
+    if distributed or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    Path(cfg.out_dir).parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{cfg.out_dir}.lock")
+
+
+def _train_locked(cfg: TrainConfig, accelerator: Accelerator | None) -> MultiExitModel:
+    """`train` once its out_dir is locked."""
     fp = config_fingerprint(cfg)
     reused = _reuse_final(cfg, fp)
     if reused is not None:

@@ -55,6 +55,7 @@ def comparable(path: Path) -> dict[tuple, dict]:
         assert key not in out, f"duplicate row {key}"
         r = {k: v for k, v in r.items() if k not in TIMING | PROVENANCE}
         r["config"]["train"].pop("out_dir", None)
+        r["config"]["train"].pop("first_stage_dir", None)  # a path in the run folder, like out_dir
         r["config"]["model"].pop("train_seconds", None)
         out[key] = r
     return out
