@@ -79,24 +79,37 @@ def _latex(df: pd.DataFrame) -> str:
     return df.to_latex(escape=True).replace(r"\*\*", "").replace("**", "")
 
 
+def method_colours(methods) -> dict[str, tuple]:
+    """One colour per method, the same in every plot of every run: fixed by the method's place in
+    the registry (tab20's ten dark colours first, then its light ones, so neighbours differ)."""
+    order = [*METHODS.names(), *sorted(set(methods) - set(METHODS.names()))]
+    tab20 = sns.color_palette("tab20", 20)
+    palette = [tab20[i] for i in [*range(0, 20, 2), *range(1, 20, 2)]]
+    return {m: palette[i % 20] for i, m in enumerate(order) if m in set(methods)}
+
+
 def trade_off_plot(df: pd.DataFrame, path: Path, include_ablations: bool = False) -> list[Path]:
-    """One panel per task, one line per method: headline metric against layer speed-up."""
+    """One panel per task, one line per method and seed (a seed's knob grid is its own, so seeds
+    are not joined into one zig-zag line): headline metric against layer speed-up."""
     sub = df[(df["method"] != FULL) & ~df["report_only"].fillna(False).astype(bool)]
     if not include_ablations:
         sub = sub[~is_ablation_col(sub)]
     sub = sub.sort_values("speedup_layers")
+    colours = method_colours(sub["method"].unique())
     grid = sns.relplot(data=sub, x="speedup_layers", y="score", hue="method", col="task", kind="line",
+                       palette=colours, hue_order=list(colours),
                        col_order=list(dict.fromkeys(df["task"])),
                        marker="o", markersize=3, col_wrap=min(3, sub["task"].nunique()),
                        facet_kws={"sharey": False, "sharex": False}, height=3.2, aspect=1.2,
-                       estimator=None, sort=True, errorbar=None)
+                       units="seed", estimator=None, sort=True, errorbar=None, lw=1)
     full = df[df["method"] == FULL].groupby("task")["score"].mean()
     for task, ax in grid.axes_dict.items():
         if task in full:
             ax.axhline(full[task], color="grey", ls="--", lw=1)
         ax.set_xlabel("layer speed-up (×)")
         ax.set_ylabel(df[df["task"] == task]["headline_metric"].iloc[0])
-    grid.figure.suptitle("metric vs layer speed-up (dashed: full model)", y=1.02)
+    seeds = "one line per seed; " if sub["seed"].nunique() > 1 else ""
+    grid.figure.suptitle(f"metric vs layer speed-up ({seeds}dashed: full model)", y=1.02)
     grid.figure.subplots_adjust(hspace=0.35)
     paths = [path.with_suffix(".png"), path.with_suffix(".pdf")]
     for p in paths:

@@ -274,14 +274,22 @@ def uncertainty_markdown(inputs: dict, per: dict, settings: Settings, seconds: f
     return "\n".join(md)
 
 
+def legend_of_every_panel(axes) -> None:
+    """One legend, right of the last panel (outside the bands), naming the methods of *every*
+    panel: a task may lack some methods (e.g. a regression task), so no one panel's list is all."""
+    shown = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    axes[-1].legend(shown.values(), shown.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+
+
 def band_plot(per: dict, path) -> list:
     """Trade-off curves of the main methods with their 95% bootstrap bands, one panel per task."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
+
+    from .report import method_colours
 
     main, _ = _main_methods(per)
     fig, axes = plt.subplots(1, len(per), figsize=(4.2 * len(per), 3.4), squeeze=False)
-    colours = dict(zip(main, sns.color_palette("tab10", len(main)), strict=False))
+    colours = method_colours(main)
     for ax, (task, p) in zip(axes[0], per.items(), strict=True):
         a = p["analysis"]
         for m in [m for m in main if m in a.methods and not (_method(m) and _method(m).report_only)]:
@@ -293,7 +301,7 @@ def band_plot(per: dict, path) -> list:
         ax.set_title(task + ("" if p["learned"].learned else " (not learned)"))
         ax.set_xlabel("layer speed-up (×, scored folds)")
     axes[0][0].set_ylabel("metric")
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside the bands
+    legend_of_every_panel(axes[0])
     paths = [path.with_suffix(".png"), path.with_suffix(".pdf")]
     for q in paths:
         fig.savefig(q, bbox_inches="tight", dpi=130)

@@ -36,3 +36,35 @@ def test_operating_table_shows_the_marked_rows_with_their_speedups():
 
 def test_ablations_are_grouped_by_the_declared_parent():
     assert ablated_methods(ROWS) == {"de3": ["de3-dr"]}
+
+
+def test_trade_off_plot_draws_each_seed_as_its_own_line(tmp_path, monkeypatch):
+    import benchmarks.report as report
+
+    figures = []
+    monkeypatch.setattr(report.plt, "close", figures.append)
+    rows = [{**_row("full-model", "sst2", 90.0, 1.0, None), "seed": s, "headline_metric": "accuracy"}
+            for s in (1, 2)]
+    for seed, shift in ((1, 0.0), (2, 0.05)):  # interleaved knob grids: one joint line would zig-zag
+        rows += [{**_row("pabee", "sst2", 90 - 10 * k, k + shift, None), "seed": seed,
+                  "headline_metric": "accuracy"} for k in (1.2, 1.5, 2.0)]
+    report.trade_off_plot(pd.DataFrame(rows), tmp_path / "t")
+    (ax,) = figures[0].axes
+    lines = [ln for ln in ax.get_lines() if len(ln.get_xdata()) == 3]
+    assert len(lines) == 2  # one per seed
+    for ln in lines:
+        assert list(ln.get_xdata()) == sorted(ln.get_xdata()) and len(set(ln.get_ydata())) == 3
+
+
+def test_the_band_legend_names_the_methods_of_every_panel():
+    import matplotlib.pyplot as plt
+
+    from benchmarks.uncertainty import legend_of_every_panel
+
+    fig, axes = plt.subplots(1, 2)
+    axes[0].plot([1, 2], [1, 2], label="de3")
+    axes[0].plot([1, 2], [2, 1], label="pcee")
+    axes[1].plot([1, 2], [1, 1], label="pabee")
+    legend_of_every_panel(list(axes))
+    assert [t.get_text() for t in axes[1].get_legend().get_texts()] == ["de3", "pcee", "pabee"]
+    plt.close(fig)
