@@ -83,6 +83,11 @@ class ExitHeads(nn.Module, ABC):
         gradient blocking); the states themselves by default."""
         return hidden
 
+    def output_layers(self) -> list[nn.Linear]:
+        """The linear layers whose outputs are the logits (one per exit); a regression training
+        starts their bias at the label mean (`TrainConfig.regression_bias`). None by default."""
+        return []
+
     def drop(self, x: torch.Tensor) -> torch.Tensor:
         """`self.dropout` in training; the identity otherwise, without a module call per layer."""
         return self.dropout(x) if self.training else x
@@ -130,6 +135,9 @@ class ClassifierHeads(ExitHeads):
         self.pooler_on_tokens = base is not None
         self.dropout = nn.Dropout(dropout)
         self.classifiers = nn.ModuleList(nn.Linear(hidden, num_labels) for _ in range(self.num_layers))
+
+    def output_layers(self) -> list[nn.Linear]:
+        return list(self.classifiers)
 
     def pooler(self, layer: int) -> nn.Module:
         """The pooler-like transform of 1-based `layer` (shared or its own)."""

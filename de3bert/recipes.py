@@ -59,8 +59,9 @@ def settings_for(recipe: Recipe, task: str, mode: str) -> tuple[dict, dict]:
     profile's one budget for every method), `original` = the recipe's published settings."""
     if mode == "equal":
         return {}, {}
-    if mode == "original":
-        return recipe.original_settings(task)
+    if mode == "original":  # the originals start regression outputs at a zero bias
+        fields, missing = recipe.original_settings(task)
+        return {"regression_bias": "zero", **fields}, missing
     raise ValueError(f"unknown train_settings {mode!r}; valid: equal, original")
 
 

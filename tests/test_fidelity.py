@@ -240,7 +240,8 @@ def test_train_settings_equal_is_default_and_original_is_the_table():
         assert settings_for(get_recipe(recipe), "mrpc", "equal") == ({}, {})
     applied, missing = settings_for(get_recipe("two-stage"), "mrpc", "original")
     assert applied == {"batch_size": 8, "lr": 2e-5, "epochs": 3.0, "warmup_ratio": 0.0, "weight_decay": 0.0,
-                       "max_grad_norm": 1.0}  # clipping now has a TrainConfig field
+                       "max_grad_norm": 1.0,  # clipping now has a TrainConfig field
+                       "regression_bias": "zero"}  # the originals' (HF) output init
     assert missing["checkpoint"] == "last"
     applied, missing = settings_for(get_recipe("weighted"), "rte", "original")
     assert applied["epochs"] == 5.0 and applied["batch_size"] == 32 and missing["checkpoint"] == "best dev"

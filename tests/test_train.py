@@ -231,3 +231,26 @@ def test_every_recipe_runs_under_bf16_autocast(recipe):
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         signals = model(ids, attn)
     assert all(torch.isfinite(s["logits"].float()).all() for s in signals)
+
+
+def test_regression_exits_start_at_the_training_label_mean(backbone_dir, tmp_path, glue_dir):
+    """At a zero bias the weighted recipe collapsed to near-constant STS-B outputs (README)."""
+    cfg = _cfg(backbone_dir, tmp_path / "m", task="stsb", data_dir=str(glue_dir))
+    run = train_mod._setup(cfg, None, train_mod.config_fingerprint(cfg))
+    mean = sum(run.ds.labels) / len(run.ds.labels)
+    assert 1.0 < mean < 4.0  # STS-B scores are 0..5
+    biases = torch.cat([lin.bias for lin in run.model.heads.output_layers()])
+    assert biases.shape == (4,) and torch.allclose(biases, torch.full_like(biases, mean))
+    zero = _cfg(backbone_dir, tmp_path / "z", task="stsb", data_dir=str(glue_dir), regression_bias="zero")
+    run = train_mod._setup(zero, None, train_mod.config_fingerprint(zero))
+    assert torch.cat([lin.bias for lin in run.model.heads.output_layers()]).abs().max() < 0.5
+
+
+def test_regression_bias_is_hashed_for_regression_only(backbone_dir, tmp_path, glue_dir):
+    def h(**kw):
+        return train_mod.config_hash(_cfg(backbone_dir, tmp_path, data_dir=str(glue_dir), **kw))
+
+    assert h(task="stsb") != h(task="stsb", regression_bias="zero")
+    assert h(task="mrpc") == h(task="mrpc", regression_bias="zero")  # classification models keep their hash
+    with pytest.raises(ValueError, match="regression_bias must be one of label_mean, zero, got 'mean'"):
+        train(_cfg(backbone_dir, tmp_path / "bad", task="stsb", regression_bias="mean"))
