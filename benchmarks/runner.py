@@ -40,6 +40,7 @@ from de3bert.data import (
     make_loader,
     resolve_data_dir,
     sorted_loader,
+    train_size,
 )
 from de3bert.engine import record_signals, replay_predictions, run_live
 from de3bert.flops import DepthFlops, depth_flops
@@ -120,9 +121,6 @@ def make_executor(profile: Profile, layout: RunLayout) -> Executor:
 
 #: dry-run estimate constants (seconds): a replay-only group, a training run's load + save
 REPLAY_SECONDS, TRAIN_OVERHEAD_SECONDS = 0.5, 8.0
-#: training-set sizes of the GLUE tasks (the estimate when `train_limit` is 0 = all)
-TRAIN_ROWS = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "stsb": 5749, "qqp": 363846, "mnli": 392702,
-              "qnli": 104743, "rte": 2490, "wnli": 635, "synthetic": 800}
 
 #: the seed of the `dev_limit` subsample: one subset for every training seed, so seeds pair
 DEV_SUBSET_SEED = 0
@@ -144,6 +142,8 @@ class Runner:
                      "cpu": platform.processor() or platform.machine()}
         self.stats: dict[str, dict] = {}  # per task: replay cost against one recording pass
         self._keys: dict[tuple, str] = {}
+        self._configs: dict[tuple, TrainConfig] = {}
+        self._rows: dict[str, int] = {}
 
     # ---- the plan ------------------------------------------------------------------------------
     def plan(self) -> list[dict]:
@@ -192,7 +192,7 @@ class Runner:
         """Seconds to train one model: steps per stage × seconds per step × the stage's cost,
         plus loading and saving; a first stage shared with another planned run is free here."""
         cfg = self.train_config(task, recipe, seed)
-        n = cfg.train_limit or TRAIN_ROWS.get(task, 5000)
+        n = min(cfg.train_limit or float("inf"), self._train_rows(task))
         steps = np.ceil(n / cfg.batch_size / cfg.grad_accum_steps) * cfg.epochs
         per_step = self._task_cost(self.p.step_seconds, task, 1.4)
         stages = get_recipe(recipe).stages()
@@ -200,9 +200,22 @@ class Runner:
             stages = stages[1:]
         return sum(steps * per_step * st.cost for st in stages) + TRAIN_OVERHEAD_SECONDS
 
+    def _train_rows(self, task: str) -> int:
+        """The task's training-set size (local file, else published), counted once per run."""
+        if task not in self._rows:
+            self._rows[task] = train_size(get_task(task), self.data_dir)
+        return self._rows[task]
+
     # ---- stages --------------------------------------------------------------------------------
     def train_config(self, task: str, recipe: str, seed: int) -> TrainConfig:
-        """The TrainConfig of one (task, recipe, seed): profile budget, train_settings, run-folder paths."""
+        """The TrainConfig of one (task, recipe, seed): profile budget, train_settings, run-folder
+        paths. Made once per key (sharing a first stage hashes data and backbone files); a copy."""
+        k = (task, recipe, seed)
+        if k not in self._configs:
+            self._configs[k] = self._make_train_config(task, recipe, seed)
+        return dataclasses.replace(self._configs[k])
+
+    def _make_train_config(self, task: str, recipe: str, seed: int) -> TrainConfig:
         base, _ = self.p.recipe_train(task, recipe, seed, self.data_dir)  # train_settings hook
         if isinstance(base.get("head_options"), dict):
             base["head_options"] = json.dumps(base["head_options"])

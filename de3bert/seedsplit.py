@@ -19,12 +19,15 @@ import numpy as np
 from .stats import Analysis, Comparison, Interval, hierarchical_bootstrap
 
 
-def subset(a: Analysis, methods: Sequence[str], names: Sequence[tuple] | None = None) -> Analysis:
-    """The rows of `methods` only (same replicates, so differences stay paired); with `names`,
-    exactly those rows in that order (seeds pooled row by row must list the same rows)."""
+def subset(a: Analysis, methods: Sequence[str]) -> Analysis:
+    """The rows of `methods` only (same replicates, so differences stay paired)."""
+    return rows(a, [n for n in a.names if n[0] in set(methods)])
+
+
+def rows(a: Analysis, names: Sequence[tuple]) -> Analysis:
+    """Exactly the rows `names`, in that order (seeds pooled row by row must list the same rows)."""
     index = {n: i for i, n in enumerate(a.names)}
-    keep = [index[n] for n in names] if names is not None else \
-        [i for i, n in enumerate(a.names) if n[0] in set(methods)]
+    keep = [index[n] for n in names]
     stat = a.statistic
     return Analysis([a.names[i] for i in keep], a.point[keep], a.reps[keep], a.reached[keep], a.protocol,
                     a.ci, a.note, a.indices, None if a.seed_points is None else a.seed_points[:, keep],
@@ -85,7 +88,7 @@ def pool_seeds(runs: Sequence[Analysis], seed: int = 0) -> Analysis | SeedSplit:
     else a `SeedSplit` (the rows every seed has pooled, the other methods from the first seed)."""
     runs = list(runs)
     common = [n for n in runs[0].names if all(n in set(r.names) for r in runs)]
-    aligned = [subset(r, [], names=common) for r in runs]
+    aligned = [rows(r, common) for r in runs]
     if all(len(r.names) == len(common) for r in runs):
         return hierarchical_bootstrap(aligned, seed=seed)
     return SeedSplit(hierarchical_bootstrap(aligned, seed=seed), runs[0])

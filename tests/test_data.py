@@ -264,3 +264,14 @@ def test_synthetic_task_is_deterministic():
     agree = [(e.texts[0].split().count("good") > e.texts[0].split().count("bad")) == (e.label == 1)
              for e in dev]
     assert 0.85 <= sum(agree) / len(agree) <= 0.95
+
+
+def test_train_size_counts_the_local_file_else_the_published_size(tmp_path):
+    from de3bert.data import train_size
+
+    _write(tmp_path, "sst2", "train.tsv", "sentence\tlabel\nfine\t1\nbad\t0\nok\t1\n")
+    _write(tmp_path, "cola", "train.tsv", "s\t1\t\ta\ns\t0\t\tb\n")  # CoLA has no header
+    assert train_size(get_task("sst2"), tmp_path) == 3
+    assert train_size(get_task("cola"), tmp_path) == 2
+    assert train_size(get_task("mrpc"), tmp_path) == 3668  # no local file: GLUE's published size
+    assert train_size(get_task("synthetic"), tmp_path) == 800
