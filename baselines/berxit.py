@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from de3bert.method import Method
-from de3bert.model import ClassifierHeads, MultiExitModel
+from de3bert.model import ClassifierHeads, MultiExitModel, linear
 from de3bert.policy import Knob, ThresholdPolicy, predictions, threshold_grid
 from de3bert.recipes import HF_RUN_GLUE, HF_RUN_GLUE_MISSING, Recipe, Stage, all_parameters, task_loss
 
@@ -26,7 +26,8 @@ class LteHeads(ClassifierHeads):
 
     def forward_layer(self, layer, hidden, attention_mask, state):
         h = self.drop(self.pooled(layer, hidden, attention_mask, state))
-        return {"logits": self.classifiers[layer - 1](h), "lte": torch.sigmoid(self.lte(h)).squeeze(-1)}
+        return {"logits": linear(self.classifiers[layer - 1], h),
+                "lte": torch.sigmoid(linear(self.lte, h)).squeeze(-1)}
 
 
 def lte_targets(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -170,8 +170,8 @@ def target_table(inputs: dict, per: dict, t: float, methods: list[str], settings
 
     cols = {}
     for task, p in per.items():
-        if t not in inputs["tasks"][task]["targets"]:
-            continue
+        if t not in inputs["tasks"][task]["targets"] or not set(methods) & set(p["analysis"].methods):
+            continue  # e.g. DE³'s ablations on a regression task: no column of full model alone
         deployable = [m for m in methods if _method(m) and not _method(m).report_only]
         label = task if p["learned"].learned else f"{task} (not learned)"
         cols[label] = _column(task, p, t, methods, deployable, settings.alpha)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoConfig, AutoModel
@@ -98,6 +99,20 @@ class ExitHeads(nn.Module, ABC):
         """Signals of 1-based `layer` from its hidden states; may update `state` in place."""
 
 
+def dense_of_tanh_pooler(module: nn.Module) -> nn.Linear | None:
+    """The dense layer of a dense + tanh pooler (ours, or BERT's `BertPooler` on the first token),
+    so heads run it as `tanh(linear(x))` without three module calls per layer; None otherwise."""
+    if isinstance(module, nn.Sequential) and len(module) == 2 and isinstance(module[1], nn.Tanh):
+        return module[0] if isinstance(module[0], nn.Linear) else None
+    dense, act = getattr(module, "dense", None), getattr(module, "activation", None)
+    return dense if isinstance(dense, nn.Linear) and isinstance(act, nn.Tanh) else None
+
+
+def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`layer(x)` without the module call (its hooks and dispatch cost more than the matmul at batch 1)."""
+    return F.linear(x, layer.weight, layer.bias)
+
+
 def pooler_like(hidden: int) -> nn.Module:
     """A pooler-shaped off-ramp transform (dense H→H + tanh), randomly initialised."""
     return nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh())
@@ -146,17 +161,23 @@ class ClassifierHeads(ExitHeads):
     def pooled(self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor,
                state: dict | None = None) -> torch.Tensor:
         """Layer `layer`'s pooled feature `[N, H]`; `state` (optional) caches mean-pooling weights."""
+        module = self.pooler(layer)
+        dense = dense_of_tanh_pooler(module)
         if self.pooler_on_tokens:
-            return pool(hidden, attention_mask, "cls", self.pooler(layer))
+            return torch.tanh(linear(dense, hidden[:, 0])) if dense is not None else pool(
+                hidden, attention_mask, "cls", module)
         if self.pooling == "mean":
             v = pool(hidden, attention_mask, "mean", weights=cached_pool_weights(state, attention_mask))
         else:
             v = pool(hidden, attention_mask, self.pooling)
-        return self.pooler(layer)(v)
+        return torch.tanh(linear(dense, v)) if dense is not None else module(v)
+
+    def classify(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        """Layer `layer`'s logits from its pooled feature (dropout in training)."""
+        return linear(self.classifiers[layer - 1], self.drop(h))
 
     def forward_layer(self, layer, hidden, attention_mask, state):
-        h = self.pooled(layer, hidden, attention_mask, state)
-        return {"logits": self.classifiers[layer - 1](self.drop(h))}
+        return {"logits": self.classify(layer, self.pooled(layer, hidden, attention_mask, state))}
 
 
 class LayerPass:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 
-from .model import ClassifierHeads
+from .model import ClassifierHeads, linear
 from .policy import float32
 
 
@@ -82,12 +82,13 @@ class PrototypeHeads(ClassifierHeads):
 
     def forward_layer(self, layer, hidden, attention_mask, state):
         h = self.pooled(layer, hidden, attention_mask, state)
-        out = {"logits": self.classifiers[layer - 1](self.drop(h))}
+        out = {"logits": self.classify(layer, h)}
         if not self.has_protos(layer):
             # no prototypes at layer L: distances 0 (DR = ½), never read (layer L always exits)
             out["proto_dist"] = h.new_zeros(h.shape[0], self.num_labels, dtype=torch.float32)
             return out
-        z = self.projections[layer - 1](h)
+        g = self.projections[layer - 1]
+        z = linear(g, h) if isinstance(g, nn.Linear) else g(h)  # g = identity: de3-noproto
         out["proto_dist"] = pairwise_distance(z, self.prototypes[layer - 1], self.distance)
         if self.training:
             out["_z"] = z  # for DAR and the EMA update; never recorded

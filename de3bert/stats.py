@@ -640,7 +640,7 @@ def vs_full_model(analysis: Analysis, full: str = "full-model", methods: Sequenc
 
     The full model enters as a one-knob record (every exit = L), so its cell is its full-depth score.
     """
-    methods = [m for m in (methods or analysis.methods) if m != full]
+    methods = [m for m in (analysis.methods if methods is None else methods) if m != full]
     comps = compare(analysis, [(m, full) for m in methods], "metric", targets)
     return {(c.a, c.target): {"comparison": c, "not_distinguishable": not c.significant(alpha)}
             for c in comps}

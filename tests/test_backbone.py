@@ -166,3 +166,23 @@ def test_cls_heads_give_one_vector_per_sample(kind):
         if kind == "albert":  # AlbertModel pools with tanh(Linear(first token))
             ref = torch.tanh(enc.encoder.pooler(hidden[:, 0]))
             torch.testing.assert_close(feat, ref)
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "albert", "distilbert", "electra"])
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_heads_without_module_calls_equal_the_modules(kind, pooling):
+    """The heads run dense + tanh poolers and classifiers as `tanh(linear(x))` (fewer calls per
+    layer); bitwise the same features and logits as calling the modules."""
+    config = _configs()[kind]
+    torch.manual_seed(1)
+    enc = LayerwiseEncoder(AutoModel.from_config(config)).eval()
+    batch = _batch(config)
+    heads = ClassifierHeads(enc, num_labels=3, pooling=pooling, poolers="per_layer").eval()
+    with torch.no_grad():
+        hidden = _layerwise(enc, batch)
+        mask = batch["attention_mask"]
+        module = heads.pooler(2)
+        ref = module(hidden) if heads.pooler_on_tokens else module(pool(hidden, mask, pooling))
+        feat = heads.pooled(2, hidden, mask)
+        assert torch.equal(feat, ref)
+        assert torch.equal(heads.forward_layer(2, hidden, mask, {})["logits"], heads.classifiers[1](ref))

@@ -315,6 +315,7 @@ def test_full_model_and_indistinguishable(pair):
     )
     res = st.vs_full_model(an)
     assert set(res) == {("a", 1.5)}
+    assert st.vs_full_model(an, methods=[]) == {}  # none asked (a table none of whose methods ran here)
     assert res[("a", 1.5)]["comparison"].q is not None
     assert an.reached[an.row("full-model", "metric", 1.5)] == 0  # never reaches 1.5×: its full-depth score
     tie = st.significant_best({"c": (an, 1.5)}, ["a", "full-model"])
