@@ -15,6 +15,7 @@ import seaborn as sns  # noqa: E402
 from de3bert.registry import METHODS  # noqa: E402
 
 from .layout import RunLayout  # noqa: E402
+from .plotstyle import method_colours  # noqa: E402
 from .results import FULL, check_one_configuration, read_rows  # noqa: E402
 
 
@@ -77,15 +78,6 @@ def operating_table(df: pd.DataFrame, target: float, methods: list[str] | None =
 
 def _latex(df: pd.DataFrame) -> str:
     return df.to_latex(escape=True).replace(r"\*\*", "").replace("**", "")
-
-
-def method_colours(methods) -> dict[str, tuple]:
-    """One colour per method, the same in every plot of every run: fixed by the method's place in
-    the registry (tab20's ten dark colours first, then its light ones, so neighbours differ)."""
-    order = [*METHODS.names(), *sorted(set(methods) - set(METHODS.names()))]
-    tab20 = sns.color_palette("tab20", 20)
-    palette = [tab20[i] for i in [*range(0, 20, 2), *range(1, 20, 2)]]
-    return {m: palette[i % 20] for i, m in enumerate(order) if m in set(methods)}
 
 
 def trade_off_plot(df: pd.DataFrame, path: Path, include_ablations: bool = False) -> list[Path]:

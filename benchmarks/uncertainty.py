@@ -285,7 +285,7 @@ def band_plot(per: dict, path) -> list:
     """Trade-off curves of the main methods with their 95% bootstrap bands, one panel per task."""
     import matplotlib.pyplot as plt
 
-    from .report import method_colours
+    from .plotstyle import method_colours
 
     main, _ = _main_methods(per)
     fig, axes = plt.subplots(1, len(per), figsize=(4.2 * len(per), 3.4), squeeze=False)

@@ -152,6 +152,7 @@ class ClassifierHeads(ExitHeads):
         self.classifiers = nn.ModuleList(nn.Linear(hidden, num_labels) for _ in range(self.num_layers))
 
     def output_layers(self) -> list[nn.Linear]:
+        """Every exit's classifier."""
         return list(self.classifiers)
 
     def pooler(self, layer: int) -> nn.Module:
