@@ -6,7 +6,8 @@ drifts over minutes; medians reported with the thread count. `interleave` is the
 primitive: `compare_wallclock` (the runner) and the pytest-benchmark targets both call it, the
 latter with pytest-benchmark's `pedantic` as the driver. Also a per-component timing model
 (embeddings, each layer, each head) calibrated from real batch-1 runs, to price replayed
-operating points.
+operating points. On a GPU the batches are copied to it once, outside the timed calls, and each
+call is timed with CUDA events read after a synchronise (`DeviceClock`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .data import collate
-from .engine import live_batch
+from .engine import live_batch, to_device
 from .model import LayerPass, MultiExitModel
 from .policy import ExitPolicy
 
@@ -49,6 +50,29 @@ def alternate(candidate: Callable[[], object], setup: Callable[[], object], roun
         candidate()
 
 
+class DeviceClock:
+    """Seconds a call takes on `device`: `perf_counter` on the CPU; on a GPU, CUDA events around
+    the call, read after a synchronise (kernels run asynchronously, so the host clock would stop
+    before the work is done)."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.cuda = torch.device(device).type == "cuda"
+
+    def measure(self, fn: Callable[[object], object], arg: object) -> tuple[float, object]:
+        """`(seconds, fn(arg))`."""
+        if not self.cuda:
+            t0 = time.perf_counter()
+            out = fn(arg)
+            return time.perf_counter() - t0, out
+        torch.cuda.synchronize()  # nothing earlier lands inside this measurement
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = fn(arg)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0, out  # elapsed_time is in milliseconds
+
+
 @dataclass
 class Interleaved:
     """Per-chunk seconds of both sides of `interleave` (`[chunk][round]`) and the candidate's
@@ -69,7 +93,7 @@ class Interleaved:
 
 
 def interleave(chunks: Sequence, reference: Callable[[object], object], candidate: Callable[[object], object],
-               repeats: int, driver: Driver = alternate) -> Interleaved:
+               repeats: int, driver: Driver = alternate, clock: DeviceClock | None = None) -> Interleaved:
     """Time `reference(chunk)` and `candidate(chunk)` alternately, chunk after chunk, `repeats` times
     over all chunks, so a burst of load from another process cannot land on one side only.
 
@@ -79,14 +103,14 @@ def interleave(chunks: Sequence, reference: Callable[[object], object], candidat
     """
     out = Interleaved([[] for _ in chunks], [[] for _ in chunks], [None] * len(chunks))
     turn = {"reference": 0, "candidate": 0}
+    clock = clock or DeviceClock("cpu")
 
     def side(name: str, fn: Callable[[object], object]) -> Callable[[], None]:
         def run() -> None:
             c = turn[name] % len(chunks)
             turn[name] += 1
-            t0 = time.perf_counter()
-            result = fn(chunks[c])
-            getattr(out, name)[c].append(time.perf_counter() - t0)
+            seconds, result = clock.measure(fn, chunks[c])
+            getattr(out, name)[c].append(seconds)
             if name == "candidate":
                 out.outputs[c] = result
         return run
@@ -109,6 +133,8 @@ def live_wallclock(full_model: MultiExitModel, model: MultiExitModel, policy: Ex
     """
     full_model.eval()
     model.eval()
+    device = next(model.parameters()).device
+    batches = [to_device(b, model) for b in batches]  # copied once, outside the timed calls
     for b in batches[:warmup]:
         full_forward(full_model, b)
         live_batch(model, policy, knobs, b)
@@ -122,7 +148,7 @@ def live_wallclock(full_model: MultiExitModel, model: MultiExitModel, policy: Ex
     def run_exit(part: list[dict]) -> list[torch.Tensor]:
         return [live_batch(model, policy, knobs, b)[0] for b in part]  # concatenated untimed, below
 
-    timings = interleave(chunks, run_full, run_exit, repeats, driver)
+    timings = interleave(chunks, run_full, run_exit, repeats, driver, DeviceClock(device))
     return timings, torch.cat([e for out in timings.outputs for e in out])
 
 

@@ -44,3 +44,36 @@ def test_compare_wallclock_times_both_models_on_the_same_samples_and_returns_liv
     assert out["threads"] == torch.get_num_threads()
     replayed = policy.replay(record_signals(model, batches_of(items, 4), progress=False), [1])[0]
     assert out["exit_layers"] == replayed.tolist()
+
+
+def test_a_gpu_is_timed_with_cuda_events_after_a_synchronise(monkeypatch):
+    """On CUDA the host clock would stop before the queued kernels ran: the clock records events
+    around the call and reads them after synchronising (faked here; no GPU on the CI machine)."""
+    import torch
+
+    from de3bert.timing import DeviceClock
+
+    log = []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.name = "start" if not any(e == "new" for e in log) else "end"
+            log.append("new")
+
+        def record(self):
+            log.append(f"record {self.name}")
+
+        def synchronize(self):
+            log.append(f"sync {self.name}")
+
+        def elapsed_time(self, other):
+            return 250.0  # milliseconds
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: log.append("sync device"))
+    seconds, out = DeviceClock("cuda:0").measure(lambda x: log.append("work") or x + 1, 1)
+    assert (seconds, out) == (0.25, 2)
+    assert log == ["sync device", "new", "new", "record start", "work", "record end", "sync end"]
+    cpu_seconds, _ = DeviceClock("cpu").measure(lambda x: x, 1)
+    assert 0 <= cpu_seconds < 0.1 and log.count("work") == 1  # the CPU clock never touches CUDA

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from de3bert.engine import to_device
 from de3bert.model import LayerPass, MultiExitModel
 from de3bert.policy import ExitPolicy
 from de3bert.registry import get_method
@@ -41,12 +42,23 @@ class Side:
         return cls(model, policy, policy.knob.validate([grid[len(grid) // 2]]))
 
 
+def synchronised_clock(model: MultiExitModel):
+    """`perf_counter`, after a CUDA synchronise when the model is on a GPU (queued kernels done)."""
+    if next(model.parameters()).device.type != "cuda":
+        return time.perf_counter
+
+    def clock() -> float:
+        torch.cuda.synchronize()
+        return time.perf_counter()
+    return clock
+
+
 def one_pass(side: Side, batch: dict, t_decision: list[float], t_layer: list[float]) -> None:
     """A batch-1 pass through the one layer loop, timing each layer and the decision after it
     (layers 1..L−1; the last layer is never asked) on their own."""
     ids, attn, types = batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
     model, policy, knobs = side.model, side.policy, side.knobs
-    last, clock = model.num_layers, time.perf_counter
+    last, clock = model.num_layers, synchronised_clock(model)
     start = LayerPass(model, ids, attn, types)  # embeddings, untimed
     pol_state = policy.new_state(1, knobs)
     t0 = clock()
@@ -77,7 +89,7 @@ def test_indicator_overhead(benchmark, cfg, models, timed_items):
     decisions timed in isolation on warm caches (`isolated_*`); see docs/performance.md.
     """
     de3, dee = Side.of(models, "de3"), Side.of(models, "deebert")
-    b = batches_of(timed_items[:1], 1)[0]
+    b = to_device(batches_of(timed_items[:1], 1)[0], de3.model)
     d_de3, d_dee, lay, a_de3, a_dee, a_lay = [], [], [], [], [], []
     med = statistics.median
     with torch.inference_mode():

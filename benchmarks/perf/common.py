@@ -85,7 +85,8 @@ def make_config(tiny: bool) -> Config:
 
 def machine_info() -> dict:
     """The machine a ratio was measured on (ratios only compare across runs of one machine)."""
-    return {"nproc": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"nproc": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
             "torch": torch.__version__, "python": platform.python_version(),
             "processor": platform.processor() or platform.machine()}
 

@@ -143,7 +143,13 @@ def models(cfg, glue_dir, tokenizer) -> tuple[dict[str, MultiExitModel], dict[st
         models[recipe] = model.eval()
         sources[recipe] = (f"random-init heads on {cfg.backbone} (seed {SEED + i}); after_training on "
                            f"{cfg.calibration_pairs} MRPC train pairs")
-    return models, sources
+    device = bench_device()
+    return {r: m.to(device) for r, m in models.items()}, sources
+
+
+def bench_device() -> torch.device:
+    """Where the targets run: the GPU when one is present (timed with CUDA events), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @pytest.fixture(scope="session")
