@@ -37,7 +37,7 @@ SEED = 1234
 GOAL_REPLAY = 1.2  # replay sweep ≤ 1.2 × one record pass
 GOAL_FIDELITY = 0.9  # batch-1 wall-clock speed-up ≥ 0.9 × layer speed-up
 GOAL_BATCHED = 0.7  # batch-32 throughput speed-up ≥ 0.7 × layer speed-up
-GOAL_OVERHEAD = 0.03  # DE³ decision − DeeBERT decision ≤ 3% of one layer
+GOAL_OVERHEAD = 0.02  # DE³ decision − DeeBERT decision ≤ 2% of one layer (issue 14; was 3%)
 TARGET_SPEEDUP, FALLBACK_SPEEDUP = 2.0, 1.5
 REFINE_ROUNDS = 40  # bisection steps towards 2× (each one replay of the timed samples)
 
