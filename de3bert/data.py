@@ -230,7 +230,10 @@ def load_examples(task: TaskSpec, split: str, data_dir: str | os.PathLike | None
 def train_size(task: TaskSpec, data_dir: str | os.PathLike | None = None) -> int:
     """Training rows: the local file's line count (less its header) when there is one, else the
     published size (the dry-run estimate; a count, not a parse: malformed rows are counted)."""
-    path = data_file(task, "train", data_dir) if task.name != "synthetic" else None
+    try:
+        path = data_file(task, "train", data_dir)
+    except DataError:  # a data dir that is not there (yet): an estimate, not a load
+        path = None
     if path is not None and path.is_file():
         with path.open("rb") as f:
             return sum(1 for _ in f) - int(task.has_header)

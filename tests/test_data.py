@@ -275,3 +275,4 @@ def test_train_size_counts_the_local_file_else_the_published_size(tmp_path):
     assert train_size(get_task("cola"), tmp_path) == 2
     assert train_size(get_task("mrpc"), tmp_path) == 3668  # no local file: GLUE's published size
     assert train_size(get_task("synthetic"), tmp_path) == 800
+    assert train_size(get_task("sst2"), tmp_path / "missing") == 67349  # no such dir: published size
