@@ -178,7 +178,7 @@ class ThresholdPolicy(ExitPolicy):
     def step(self, layer, signals, state, knobs):
         # knobs are float64 (`Knob.validate`); the comparison promotes the float32 score exactly
         s, k = self.score(layer, signals)[None, :], knobs[:, None]
-        return s > k if self.exit_above else s <= k
+        return s > k if self.exit_above else s < k
 
 
 def threshold_grid(high: float, low: float = 0.0) -> list[float]:
