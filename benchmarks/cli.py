@@ -65,7 +65,7 @@ def cmd_check(args) -> int:
         raise ValueError("give exactly one of --results (a run's results.jsonl) or --benchmark-json")
     if args.benchmark_json:
         return check_benchmarks(args.golden, args.benchmark_json, update=args.update,
-                                allow_missing=args.allow_missing)
+                                allow_missing=args.allow_missing, merge=args.merge)
     return check_regression(args.golden, args.results, update=args.update, verbose=args.verbose)
 
 
@@ -101,6 +101,9 @@ def add_commands(sub) -> None:
                    help="pytest-benchmark JSON to check against ratio bounds (see README); with "
                         "--update, one or more runs: bounds from the worst of them")
     p.add_argument("--update", action="store_true", help="refresh the golden file from these results")
+    p.add_argument("--merge", action="store_true",
+                   help="with --update --benchmark-json: replace only the bounds of ratios these runs "
+                        "have, keep the others")
     p.add_argument("--allow-missing", action="store_true",
                    help="with --benchmark-json: skip bounded ratios the run lacks (a -k subset)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every check, not only failures")

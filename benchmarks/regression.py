@@ -191,32 +191,44 @@ def benchmark_ratios(path: str | Path) -> dict[str, tuple[float, bool]]:
     return out
 
 
+def update_bounds(golden: Path, files: list, margin: float, merge: bool) -> int:
+    """Write each ratio's bound from the worst of `files` ∓ `margin`; with `merge`, on top of the
+    bounds (and the list of runs) already in `golden`."""
+    worst: dict[str, tuple[float, bool]] = {}
+    for ratios in (benchmark_ratios(f) for f in files):
+        for k, (r, hi) in ratios.items():
+            if k not in worst or (r < worst[k][0] if hi else r > worst[k][0]):
+                worst[k] = (r, hi)
+    new = {k: ({"min": round(r * (1 - margin), 4)} if hi else {"max": round(r * (1 + margin), 4)})
+           for k, (r, hi) in worst.items()}
+    old = json.loads(golden.read_text()) if merge and golden.is_file() else {"bounds": {}, "runs": []}
+    bounds = {**old["bounds"], **new}
+    runs = list(dict.fromkeys([*old["runs"], *(Path(f).name for f in files)]))
+    text = json.dumps({"margin": margin, "runs": runs, "bounds": dict(sorted(bounds.items()))},
+                      indent=1, sort_keys=True)
+    golden.parent.mkdir(parents=True, exist_ok=True)
+    golden.write_text(text + "\n")
+    replaced = len(new.keys() & old["bounds"].keys())
+    print(f"benchmark bounds {golden} refreshed from {len(files)} run(s) ({len(bounds)} ratios: "
+          f"{len(new) - replaced} new, {replaced} replaced, {len(bounds) - len(new)} kept)")
+    return 0
+
+
 def check_benchmarks(golden: str | Path, bench_json: str | Path | list, update: bool = False,
-                     margin: float = 0.15, allow_missing: bool = False) -> int:
+                     margin: float = 0.15, allow_missing: bool = False, merge: bool = False) -> int:
     """Ratio floors (or ceilings) from a pytest-benchmark run: a regression is a ratio that got
     worse than the committed bound. A bounded ratio absent from the run fails too (a benchmark that
     silently stopped running), unless `allow_missing` (checking a `-k` subset on purpose).
     `update` sets each bound to the worst ratio over the given runs ∓ `margin` (relative): one
     machine's small-kernel costs drift by a quarter between runs, so bounds from one run would
-    raise false alarms."""
+    raise false alarms. `merge` (with `update`) replaces only the bounds of ratios the given runs
+    have and keeps the others (a run of some targets: the others' runs are not redone)."""
     files = [bench_json] if isinstance(bench_json, str | Path) else list(bench_json)
     golden = Path(golden)
+    if merge and not update:
+        raise ValueError("--merge needs --update (it says which bounds an update keeps)")
     if update:
-        runs = [benchmark_ratios(f) for f in files]
-        worst: dict[str, tuple[float, bool]] = {}
-        for ratios in runs:
-            for k, (r, hi) in ratios.items():
-                if k not in worst or (r < worst[k][0] if hi else r > worst[k][0]):
-                    worst[k] = (r, hi)
-        bounds = {
-            k: ({"min": round(r * (1 - margin), 4)} if hi else {"max": round(r * (1 + margin), 4)})
-            for k, (r, hi) in sorted(worst.items())
-        }
-        text = json.dumps({"margin": margin, "runs": [Path(f).name for f in files], "bounds": bounds},
-                          indent=1, sort_keys=True)
-        golden.write_text(text + "\n")
-        print(f"benchmark bounds {golden} refreshed from {len(files)} run(s) ({len(bounds)} ratios)")
-        return 0
+        return update_bounds(golden, files, margin, merge)
     if len(files) != 1:
         raise ValueError(f"check one benchmark run at a time (got {len(files)}); several runs are "
                          "for --update")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .model import MultiExitModel
+from .model import LayerPass, MultiExitModel
 from .policy import ExitPolicy, predictions
 
 
@@ -76,10 +76,18 @@ def live_batch(model: MultiExitModel, policy: ExitPolicy, knobs: torch.Tensor,
 
     The model runs on its device; policies and bookkeeping run on the CPU on the few signals
     they need (on a GPU that is one small copy per layer, which the exit decision needs anyway).
+    `knobs` holds one value (`Knob.validate([knob])`): a live pass takes one exit per sample.
     """
+    if len(knobs) != 1:
+        raise ValueError(f"live inference runs one knob value at a time; got {len(knobs)} "
+                         f"({knobs.tolist()}); replay sweeps several")
     batch = to_device(batch, model)
     input_ids, attn, token_types = _inputs(batch)
     n, num_layers = input_ids.shape[0], model.num_layers
+    start = LayerPass(model, input_ids, attn, token_types)
+    # heads that carry state across layers (`init_state`) run at every layer; others only from
+    # the first layer the policy can exit at (a fixed-layer rule needs one head, not k)
+    first = 1 if start.head_state else policy.first_exit_layer(knobs)
     pol_state = policy.new_state(n, knobs)
     alive = torch.arange(n)
     exit_layer = torch.full((n,), num_layers, dtype=torch.long)
@@ -87,7 +95,9 @@ def live_batch(model: MultiExitModel, policy: ExitPolicy, knobs: torch.Tensor,
     labels = batch["labels"].cpu()
     wanted = (*policy.needs, "logits")
     on_cpu = input_ids.device.type == "cpu"
-    for layer, signals, lp in model.layer_pass(input_ids, attn, token_types):
+    for layer, signals, lp in model.layer_pass(input_ids, attn, token_types, heads=first, start=start):
+        if signals is None:
+            continue
         signals = {k: v if on_cpu else v.cpu() for k, v in signals.items() if k in wanted}
         if layer == num_layers:
             pred = _place(pred, alive, predictions(signals["logits"]), n)

@@ -32,6 +32,10 @@ class FixedLayerPolicy(ExitPolicy):
     def grid(self):
         return list(range(1, self.num_layers + 1))
 
+    def first_exit_layer(self, knobs):
+        """Layer k itself (the smallest k of `knobs`, within 1..L): nothing exits before it."""
+        return int(knobs.min().clamp(1, self.num_layers))
+
     def step(self, layer, signals, state, knobs):
         n = signals["logits"].shape[0]
         return (knobs[:, None] <= layer).expand(len(knobs), n)

@@ -150,6 +150,9 @@ class ClassifierHeads(ExitHeads):
         self.pooler_on_tokens = base is not None
         self.dropout = nn.Dropout(dropout)
         self.classifiers = nn.ModuleList(nn.Linear(hidden, num_labels) for _ in range(self.num_layers))
+        # each layer's dense + tanh pooler resolved once (a plain list: not registered twice), so
+        # `pooled` does no type checks per layer; None where the pooler is another module
+        self._pooler_dense = [dense_of_tanh_pooler(self.pooler(i + 1)) for i in range(self.num_layers)]
 
     def output_layers(self) -> list[nn.Linear]:
         """Every exit's classifier."""
@@ -162,8 +165,7 @@ class ClassifierHeads(ExitHeads):
     def pooled(self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor,
                state: dict | None = None) -> torch.Tensor:
         """Layer `layer`'s pooled feature `[N, H]`; `state` (optional) caches mean-pooling weights."""
-        module = self.pooler(layer)
-        dense = dense_of_tanh_pooler(module)
+        module, dense = self.pooler(layer), self._pooler_dense[layer - 1]
         if self.pooler_on_tokens:
             return torch.tanh(linear(dense, hidden[:, 0])) if dense is not None else pool(
                 hidden, attention_mask, "cls", module)
@@ -218,12 +220,13 @@ class MultiExitModel(nn.Module):
 
     def layer_pass(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    token_type_ids: torch.Tensor | None = None,
-                   heads: str = "all", start: LayerPass | None = None,
+                   heads: str | int = "all", start: LayerPass | None = None,
                    ) -> Iterator[tuple[int, Signals | None, LayerPass]]:
         """The one layer loop: embeddings, then each layer, yielding `(layer, signals, pass)`.
 
         `heads`: `all` runs every exit head, `last` only the final one (the plain model), `none`
-        none (the caller runs them, e.g. to time or count them apart). Between layers the caller
+        none (the caller runs them, e.g. to time or count them apart), an int k the heads of
+        layers k..L (live inference under a rule that cannot exit below k). Between layers the caller
         may drop finished rows with `pass.keep(rows)` (live early exit). `start`: a pass whose
         embeddings were already computed (to count or time them apart). In training, heads may
         transform each layer's states before their use (`train_hidden`) and stop the pass early
@@ -231,13 +234,13 @@ class MultiExitModel(nn.Module):
         """
         p = start if start is not None else LayerPass(self, input_ids, attention_mask, token_type_ids)
         train = self.training
+        first = _first_head_layer(heads, self.num_layers)
         for i in range((self.heads.train_depth or self.num_layers) if train else self.num_layers):
             layer = i + 1
             hidden = self.encoder.layer(i, p.hidden, p.mask)
             p.hidden = self.heads.train_hidden(layer, hidden) if train else hidden
-            run = heads == "all" or (heads == "last" and layer == self.num_layers)
             yield layer, (self.heads.forward_layer(layer, p.hidden, p.attention_mask, p.head_state)
-                          if run else None), p
+                          if layer >= first else None), p
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, **_) -> list[Signals]:
@@ -283,6 +286,16 @@ class MultiExitModel(nn.Module):
         from .hub import from_pretrained
 
         return from_pretrained(name_or_path, attn_implementation)
+
+
+def _first_head_layer(heads: str | int, num_layers: int) -> int:
+    """The first layer whose head `layer_pass` runs for its `heads` argument."""
+    if isinstance(heads, int):
+        return heads
+    named = {"all": 1, "last": num_layers, "none": num_layers + 1}
+    if heads not in named:
+        raise ValueError(f"unknown heads {heads!r}; valid: all, last, none, or a layer number")
+    return named[heads]
 
 
 def build_model(backbone: str, recipe: str, num_labels: int, pooling: str,

@@ -111,6 +111,12 @@ class ExitPolicy(ABC):
                                 "(K knob values, N samples)")
         return state
 
+    def first_exit_layer(self, knobs: torch.Tensor) -> int:
+        """The earliest 1-based layer at which any of `knobs` can exit. Live inference runs no head
+        and asks no decision below it, so a policy may only raise it above 1 if its `step` keeps
+        no state and exits nobody on those layers (a fixed-layer rule; 1 by default)."""
+        return 1
+
     @abstractmethod
     def step(self, layer: int, signals: dict[str, torch.Tensor], state: State,
              knobs: torch.Tensor) -> torch.Tensor:

@@ -348,3 +348,65 @@ def test_last_layer_always_exits_and_is_never_asked(models, synthetic_loader):
     live = engine.run_live(model, eager, 0.5, synthetic_loader(32))
     assert live.exit_layers.tolist() == [1] * 64 and eager.asked == [1, 1]
     assert live.predictions.tolist() == predictions(record["logits"][0]).tolist()
+
+
+class _CountingHeads:
+    """Wraps a model's heads, recording the layers whose `forward_layer` ran."""
+
+    def __init__(self, model):
+        self.model, self.inner, self.layers = model, model.heads.forward_layer, []
+
+    def __enter__(self):
+        def counted(layer, *args):
+            self.layers.append(layer)
+            return self.inner(layer, *args)
+        self.model.heads.forward_layer = counted
+        return self
+
+    def __exit__(self, *exc):
+        del self.model.heads.forward_layer  # the class's method again
+
+
+@pytest.mark.parametrize("k", [1, 3, NUM_LAYERS])
+def test_fixed_layer_policies_run_only_the_head_they_exit_at(k, models, records, synthetic_loader):
+    """A fixed-layer rule cannot exit before layer k, so live inference runs no head (and asks no
+    decision) below it: one head per sample instead of k, and still exactly what replay gives."""
+    model, record = models["weighted"], records["weighted"]
+    policy = get_method("fixed-exit").make_policy(2, NUM_LAYERS)
+    assert policy.first_exit_layer(policy.knob.validate([k])) == k
+    with _CountingHeads(model) as heads:
+        live = engine.run_live(model, policy, k, synthetic_loader(16))
+    assert set(heads.layers) == {k} and len(heads.layers) == 4  # one call per batch of 16
+    assert live.exit_layers.tolist() == [k] * 64
+    assert live.predictions.tolist() == predictions(record["logits"][k - 1]).tolist()
+
+
+def test_heads_that_carry_state_run_at_every_layer(models, records, synthetic_loader):
+    """Past-Future's head at layer k reads the past layers' outputs (`init_state`), so a fixed-layer
+    rule on its model still runs every head up to k: predictions stay those of the record."""
+    model, record = models["past-future"], records["past-future"]
+    policy = get_method("fixed-exit").make_policy(2, NUM_LAYERS)
+    with _CountingHeads(model) as heads:
+        live = engine.run_live(model, policy, 3, synthetic_loader(16))
+    assert sorted(set(heads.layers)) == [1, 2, 3]
+    assert live.predictions.tolist() == predictions(record["logits"][2]).tolist()
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_no_policy_exits_before_its_first_exit_layer(name, models, records):
+    """The promise behind skipping heads: no replayed exit lies below `first_exit_layer`."""
+    method = METHODS[name]
+    policy = method.make_policy(2, models[method.recipe].num_layers)
+    for knob in _knobs(policy):
+        knobs = policy.knob.validate([knob])
+        first = policy.first_exit_layer(knobs)
+        assert 1 <= first <= NUM_LAYERS
+        assert int(policy.replay(records[method.recipe], knobs).min()) >= first, (name, knob)
+
+
+def test_live_batch_takes_one_knob_value(models, synthetic_loader):
+    """A live pass decides with one knob value; several (a replay sweep) fail before any work."""
+    policy = get_method("deebert").make_policy(2, NUM_LAYERS)
+    batch = next(iter(synthetic_loader(4)))
+    with pytest.raises(ValueError, match=r"one knob value at a time; got 2"):
+        engine.live_batch(models["two-stage"], policy, policy.knob.validate([0.1, 0.5]), batch)

@@ -149,3 +149,21 @@ def test_golden_pins_knob_and_speedup_of_each_operating_point(golden):
     assert points == {"synthetic/deebert/seed0@1.5": {"knob": 0.1, "speedup_layers": 1.6, "metric": 81.25},
                       "synthetic/pabee/seed0@1.5": {"knob": 2.0, "speedup_layers": 2.0, "metric": 79.5},
                       "synthetic/pabee/seed0@2": {"knob": 2.0, "speedup_layers": 2.0, "metric": 79.5}}
+
+
+def test_benchmark_bounds_merge_keeps_the_ratios_a_run_lacks(tmp_path, capsys):
+    """`--update --merge` with a run of some targets: their bounds are replaced, the others kept,
+    and the runs behind the file are all named."""
+    bounds = tmp_path / "bounds.json"
+    check_benchmarks(bounds, _bench(tmp_path / "a.json", MEASURED), update=True)
+    real = {"wall-clock fidelity, real cola inputs, batch 1/de3": 0.80, "indicator overhead": 0.03}
+    assert check_benchmarks(bounds, _bench(tmp_path / "new.json", real), update=True, merge=True) == 0
+    saved = json.loads(bounds.read_text())
+    assert saved["bounds"]["wall-clock fidelity/de3"] == {"min": round(0.92 * 0.85, 4)}  # kept
+    assert saved["bounds"]["indicator overhead"] == {"max": round(0.03 * 1.15, 4)}  # replaced
+    real_key = "wall-clock fidelity, real cola inputs, batch 1/de3"
+    assert saved["bounds"][real_key] == {"min": round(0.8 * 0.85, 4)}  # new
+    assert saved["runs"] == ["a.json", "new.json"]
+    assert "1 new, 1 replaced, 2 kept" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--merge needs --update"):
+        check_benchmarks(bounds, _bench(tmp_path / "b.json", MEASURED), merge=True)

@@ -80,3 +80,16 @@ def test_refine_grid_bisects_until_a_point_lies_near_each_target():
     assert 2.0 <= after[operating_point(after, 2.0)] <= 2.0 * 1.02
     # monotone: a larger threshold never exits later
     assert all(a <= b + 1e-12 for a, b in zip(after, after[1:], strict=False))
+
+
+def test_heads_bound_prices_only_the_heads_a_live_pass_runs():
+    """The benchmark's bound: embeddings, layers and heads up to the exit against the plain model of
+    the same measurement; heads below the policy's first exit layer cost nothing."""
+    from benchmarks.perf.bench_wallclock_real import heads_bound
+
+    times = {"embed": 1.0, "layers": [2.0, 2.0, 2.0], "heads": [0.5, 0.5, 0.5]}
+    full = 1.0 + 6.0 + 0.5
+    # exits [1, 3] (layer speed-up 1.5): 1 + 2.5 and 1 + 7.5
+    assert heads_bound(times, [1, 3], 1.5, 1) == pytest.approx(2 * full / (3.5 + 8.5) / 1.5)
+    # a fixed-layer rule at layer 2 runs one head: 1 + 2 + 2.5 per sample
+    assert heads_bound(times, [2, 2], 1.5, 2) == pytest.approx(full / 5.5 / 1.5)
