@@ -87,7 +87,7 @@ def live_batch(model: MultiExitModel, policy: ExitPolicy, knobs: torch.Tensor,
     start = LayerPass(model, input_ids, attn, token_types)
     # heads that carry state across layers (`init_state`) run at every layer; others only from
     # the first layer the policy can exit at (a fixed-layer rule needs one head, not k)
-    first = 1 if start.head_state else policy.first_exit_layer(knobs)
+    first = 1 if start.head_state else min(policy.first_exit_layer(knobs), num_layers)
     pol_state = policy.new_state(n, knobs)
     alive = torch.arange(n)
     exit_layer = torch.full((n,), num_layers, dtype=torch.long)

@@ -93,17 +93,18 @@ class Interleaved:
 
 
 def interleave(chunks: Sequence, reference: Callable[[object], object], candidate: Callable[[object], object],
-               repeats: int, driver: Driver = alternate, clock: DeviceClock | None = None) -> Interleaved:
+               repeats: int, clock: DeviceClock, driver: Driver = alternate) -> Interleaved:
     """Time `reference(chunk)` and `candidate(chunk)` alternately, chunk after chunk, `repeats` times
     over all chunks, so a burst of load from another process cannot land on one side only.
 
-    `driver` decides how the rounds run (`alternate`, or `benchmark.pedantic` so pytest-benchmark
-    also records the candidate's rounds); if it ran fewer rounds than there are chunks
-    (`--benchmark-disable` runs one), the remaining chunks are run once more here.
+    `clock` is the device's (`DeviceClock(device)`, no default: a host clock would stop before a
+    GPU's queued kernels finish). `driver` decides how the rounds run (`alternate`, or
+    `benchmark.pedantic` so pytest-benchmark also records the candidate's rounds); if it ran
+    fewer rounds than there are chunks (`--benchmark-disable` runs one), the remaining chunks
+    are run once more here.
     """
     out = Interleaved([[] for _ in chunks], [[] for _ in chunks], [None] * len(chunks))
     turn = {"reference": 0, "candidate": 0}
-    clock = clock or DeviceClock("cpu")
 
     def side(name: str, fn: Callable[[object], object]) -> Callable[[], None]:
         def run() -> None:
@@ -148,7 +149,7 @@ def live_wallclock(full_model: MultiExitModel, model: MultiExitModel, policy: Ex
     def run_exit(part: list[dict]) -> list[torch.Tensor]:
         return [live_batch(model, policy, knobs, b)[0] for b in part]  # concatenated untimed, below
 
-    timings = interleave(chunks, run_full, run_exit, repeats, driver, DeviceClock(device))
+    timings = interleave(chunks, run_full, run_exit, repeats, DeviceClock(device), driver)
     return timings, torch.cat([e for out in timings.outputs for e in out])
 
 

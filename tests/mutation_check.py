@@ -46,6 +46,20 @@ MUTANTS = (
         ("tests/test_policies.py", "tests/test_baselines_extra.py"),
     ),
     Mutant(
+        "stateful heads skipped below the first exit layer",
+        "de3bert/engine.py",
+        "first = 1 if start.head_state else min(policy.first_exit_layer(knobs), num_layers)",
+        "first = min(policy.first_exit_layer(knobs), num_layers)",
+        ("tests/test_policies.py",),
+    ),
+    Mutant(
+        "fixed-layer rule skips its own exit layer",
+        "de3bert/indicators.py",
+        "return int(knobs.min().clamp(1, self.num_layers))",
+        "return int(knobs.min().clamp(1, self.num_layers)) + 1",
+        ("tests/test_policies.py",),
+    ),
+    Mutant(
         "selection min becomes max",
         "de3bert/speedup.py",
         "return int(knob[0]) if reached[0] else None",

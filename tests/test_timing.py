@@ -1,13 +1,15 @@
 """The interleaving primitive shared by `compare_wallclock` and the pytest-benchmark targets."""
 
-from de3bert.timing import interleave
+from de3bert.timing import DeviceClock, interleave
+
+CPU = DeviceClock("cpu")
 
 
 def test_interleave_alternates_chunk_by_chunk():
     """Reference then candidate on each chunk in turn, `repeats` times over all chunks."""
     calls = []
     t = interleave(["a", "b"], lambda c: calls.append(("ref", c)),
-                   lambda c: calls.append(("cand", c)) or c * 2, repeats=2)
+                   lambda c: calls.append(("cand", c)) or c * 2, repeats=2, clock=CPU)
     assert calls == [("ref", "a"), ("cand", "a"), ("ref", "b"), ("cand", "b")] * 2
     assert [len(x) for x in t.reference] == [2, 2] and [len(x) for x in t.candidate] == [2, 2]
     assert t.outputs == ["aa", "bb"] and len(t.paired()) == 4
@@ -21,7 +23,7 @@ def test_interleave_completes_chunks_a_driver_skipped():
         setup()
         candidate()
 
-    t = interleave([1, 2, 3], lambda c: None, lambda c: c, repeats=5, driver=one_round)
+    t = interleave([1, 2, 3], lambda c: None, lambda c: c, repeats=5, clock=CPU, driver=one_round)
     assert t.outputs == [1, 2, 3] and all(len(x) == 1 for x in t.candidate)
 
 
