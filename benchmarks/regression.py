@@ -178,16 +178,26 @@ def check_regression(golden: str | Path, results: str | Path, update: bool = Fal
     return 1 if any(not c[3] for c in checks) else 0
 
 
+def ratio_key(info: dict) -> str:
+    """`target[, task][/method or recipe]`: one key per measured ratio. The task is added when the
+    target's name does not already say it (training throughput runs per task and per recipe)."""
+    key = info["target"]
+    task = info.get("task")
+    if task and task not in key:
+        key += f", {task}"
+    subject = info.get("method") or info.get("recipe")
+    return key + (f"/{subject}" if subject else "")
+
+
 def benchmark_ratios(path: str | Path) -> dict[str, tuple[float, bool]]:
-    """{target[/method]: (ratio, higher_is_better)} from a pytest-benchmark JSON (`extra_info`)."""
+    """{`ratio_key`: (ratio, higher_is_better)} from a pytest-benchmark JSON (`extra_info`)."""
     data = json.loads(Path(path).read_text())
     out = {}
     for b in data.get("benchmarks", []):
         info = b.get("extra_info", {})
         if "ratio" not in info or "target" not in info or info.get("tiny"):
             continue
-        key = info["target"] + (f"/{info['method']}" if info.get("method") else "")
-        out[key] = (float(info["ratio"]), str(info.get("goal", ">=")).startswith(">"))
+        out[ratio_key(info)] = (float(info["ratio"]), str(info.get("goal", ">=")).startswith(">"))
     return out
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.cli import main
-from benchmarks.regression import check_benchmarks, check_regression, make_golden
+from benchmarks.regression import benchmark_ratios, check_benchmarks, check_regression, make_golden
 
 
 def _row(method: str, knob: float, speedup: float, hist: list[int], acc: float, op=None) -> dict:
@@ -167,3 +167,16 @@ def test_benchmark_bounds_merge_keeps_the_ratios_a_run_lacks(tmp_path, capsys):
     assert "1 new, 1 replaced, 2 kept" in capsys.readouterr().out
     with pytest.raises(ValueError, match="--merge needs --update"):
         check_benchmarks(bounds, _bench(tmp_path / "b.json", MEASURED), merge=True)
+
+
+def test_per_task_and_per_recipe_ratios_get_a_bound_each(tmp_path):
+    """Training throughput is one target run per (recipe, task): every pair keeps its own bound
+    (they used to collapse onto one key, the worst of them)."""
+    rows = [{"name": f"{r}-{t}", "extra_info": {"target": "training throughput", "recipe": r, "task": t,
+                                                "ratio": ratio, "goal": ">= 1.2", "tiny": False}}
+            for r, t, ratio in (("single", "mrpc", 1.3), ("single", "sst2", 1.5), ("de3", "mrpc", 1.25))]
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"benchmarks": rows}))
+    keys = {"training throughput, mrpc/single", "training throughput, sst2/single",
+            "training throughput, mrpc/de3"}
+    assert set(benchmark_ratios(path)) == keys
