@@ -58,6 +58,13 @@ class DeviceClock:
     def __init__(self, device: torch.device | str = "cpu"):
         self.cuda = torch.device(device).type == "cuda"
 
+    def now(self) -> float:
+        """`perf_counter` once the device's queued work is done (a synchronise first on a GPU): for
+        timing stretches between points inside one call, where events around it do not fit."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     def measure(self, fn: Callable[[object], object], arg: object) -> tuple[float, object]:
         """`(seconds, fn(arg))`."""
         if not self.cuda:

@@ -79,3 +79,16 @@ def test_a_gpu_is_timed_with_cuda_events_after_a_synchronise(monkeypatch):
     assert log == ["sync device", "new", "new", "record start", "work", "record end", "sync end"]
     cpu_seconds, _ = DeviceClock("cpu").measure(lambda x: x, 1)
     assert 0 <= cpu_seconds < 0.1 and log.count("work") == 1  # the CPU clock never touches CUDA
+
+
+def test_a_gpu_clock_read_waits_for_queued_work(monkeypatch):
+    """`DeviceClock.now` (the indicator-overhead target's clock) synchronises on CUDA only."""
+    import torch
+
+    from de3bert.timing import DeviceClock
+
+    syncs = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: syncs.append(1))
+    a = DeviceClock("cuda:0").now()
+    DeviceClock("cpu").now()
+    assert syncs == [1] and DeviceClock("cuda:0").now() >= a and syncs == [1, 1]

@@ -19,7 +19,7 @@ from de3bert.engine import to_device
 from de3bert.model import LayerPass, MultiExitModel
 from de3bert.policy import ExitPolicy
 from de3bert.registry import get_method
-from de3bert.timing import batches_of
+from de3bert.timing import DeviceClock, batches_of
 
 from .common import GOAL_OVERHEAD, Config, record_result
 
@@ -42,23 +42,12 @@ class Side:
         return cls(model, policy, policy.knob.validate([grid[len(grid) // 2]]))
 
 
-def synchronised_clock(model: MultiExitModel):
-    """`perf_counter`, after a CUDA synchronise when the model is on a GPU (queued kernels done)."""
-    if next(model.parameters()).device.type != "cuda":
-        return time.perf_counter
-
-    def clock() -> float:
-        torch.cuda.synchronize()
-        return time.perf_counter()
-    return clock
-
-
 def one_pass(side: Side, batch: dict, t_decision: list[float], t_layer: list[float]) -> None:
     """A batch-1 pass through the one layer loop, timing each layer and the decision after it
     (layers 1..L−1; the last layer is never asked) on their own."""
     ids, attn, types = batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
     model, policy, knobs = side.model, side.policy, side.knobs
-    last, clock = model.num_layers, synchronised_clock(model)
+    last, clock = model.num_layers, DeviceClock(next(model.parameters()).device).now
     start = LayerPass(model, ids, attn, types)  # embeddings, untimed
     pol_state = policy.new_state(1, knobs)
     t0 = clock()
