@@ -17,7 +17,7 @@ from torch import nn
 from de3bert.method import Method
 from de3bert.model import ExitHeads, MultiExitModel, cached_in_state
 from de3bert.policy import ExitPolicy, Knob, normalized_entropy, threshold_grid
-from de3bert.recipes import FROZEN_BACKBONE_COST, Recipe, Stage, task_loss
+from de3bert.recipes import FROZEN_BACKBONE_COST, Recipe, Stage, loss_float, task_loss
 
 
 def additive_padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -43,10 +43,23 @@ class FastBertClassifier(nn.Module):
         self.heads, self.width = heads, width
         self.inp = nn.Linear(hidden_size, width)
         self.q, self.kv = nn.Linear(width, width), nn.Linear(width, 2 * width)
+        self._hold_key_bias_at_zero()
         self.out = nn.Linear(width, width)
         self.dropout = nn.Dropout(dropout)
         self.dense = nn.Linear(width, width)
         self.classifier = nn.Linear(width, num_labels)
+
+    def _hold_key_bias_at_zero(self) -> None:
+        """Zero the key half of `kv.bias` and its gradient. Softmax cancels q·b_k (the same for
+        every key of a query), so the function is unchanged; but its gradient is pure rounding
+        noise, which AdamW turns into lr-sized, hardware-dependent steps (students trained on
+        AVX2 and AVX-512 kernels ended 1e-2 apart). The parameter layout stays as saved models
+        have it."""
+        w = self.width
+        with torch.no_grad():
+            self.kv.bias[:w].zero_()
+        keep = torch.cat([torch.zeros(w), torch.ones(w)])
+        self.kv.bias.register_hook(lambda grad: grad * keep.to(grad))
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         n, t, w = x.shape
@@ -91,8 +104,8 @@ class FastBertHeads(ExitHeads):
 
 def distill_loss(model: MultiExitModel, signals, labels, step) -> torch.Tensor:
     """Σ_i KL(teacher ‖ student_i) over layers 1..L−1, teacher detached; labels unused."""
-    teacher = F.log_softmax(signals[-1]["logits"].detach().float(), dim=-1)
-    return sum(F.kl_div(F.log_softmax(s["logits"].float(), dim=-1), teacher, log_target=True,
+    teacher = F.log_softmax(loss_float(signals[-1]["logits"].detach()), dim=-1)
+    return sum(F.kl_div(F.log_softmax(loss_float(s["logits"]), dim=-1), teacher, log_target=True,
                         reduction="batchmean") for s in signals[:-1])
 
 

@@ -254,6 +254,7 @@ def build_claims(
     return {
         "protocol": protocol,
         "protocol_label": st.PROTOCOL_LABELS.get(protocol, protocol),
+        "precision": results.get("precision", "not recorded"),
         "ci": any_a.ci if any_a else None,
         "n_boot": n_boot,
         "alpha": alpha,
@@ -374,7 +375,8 @@ def claims_markdown(claims: dict) -> str:
         f"Operating points: `{claims['protocol']}` — {claims['protocol_label']}. Intervals: 95% "
         f"{claims['ci']} bootstrap, {claims['n_boot']} paired replicates over dev samples with the knob "
         f"re-chosen in each; p-values two-sided from the bootstrap, Benjamini–Hochberg within each claim "
-        f"(α = {claims['alpha']:g}). Cells: estimate ±half-width.",
+        f"(α = {claims['alpha']:g}). Cells: estimate ±half-width. Training precision: "
+        f"{claims.get('precision', 'not recorded')}.",
         "",
     ]
     return "\n".join(

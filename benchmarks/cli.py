@@ -21,14 +21,9 @@ def cmd_run(args) -> int:
     runner = Runner(profile, layout, data_dir=args.data_dir, progress=not args.no_progress)
     plan = runner.plan()
     if args.dry_run:
-        for s in plan:
-            what = s.get("recipe") if s["kind"] == "train" else s["method"]
-            note = f"  (skip: {s['skip']})" if s["skip"] else ""
-            print(f"{s['kind']:<7} {s['task']:<10} seed {s['seed']:<4} {what}{note}")
-        n_train = sum(s["kind"] == "train" for s in plan)
-        n_rep = sum(s["kind"] == "replay" and not s["skip"] for s in plan)
-        print(f"{n_train} training runs, {n_rep} replay groups; estimated "
-              f"{runner.estimate_seconds(plan) / 60:.0f} min on this machine's profile")
+        from .estimate import print_dry_run
+
+        print_dry_run(runner, plan, args.gpus)
         return 0
     runner.run()
     paths = write_reports(layout)
@@ -78,6 +73,8 @@ def add_commands(sub) -> None:
     p.add_argument("--plots-dir", default=None,
                    help="where figures go (default: plots/<profile> for the default --out, else <out>/plots)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and an estimate, run nothing")
+    p.add_argument("--gpus", type=int, default=8,
+                   help="with --dry-run of a GPU profile: also price the plan on this many GPUs (Ray)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--executor", choices=["local", "ray"], default=None,
                    help="where jobs run: local (default; this process) or ray (Ray tasks; README: Scale-out)")

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from de3bert.data import get_task, load_examples
+from de3bert.precision import check_precision
 from de3bert.recipes import settings_for
 from de3bert.registry import METHODS, get_recipe, unknown_name
 
@@ -55,12 +56,13 @@ class Profile:
     """torch threads for every measurement (recorded in the results)."""
     device: str = "cpu"
     """cpu or cuda."""
-    step_seconds: dict = field(default_factory=lambda: {"default": 1.4})
-    """Seconds per full fine-tune step by task (for the --dry-run estimate only)."""
-    record_seconds: dict = field(default_factory=lambda: {"default": 5.0})
-    """Seconds per trained model for its dev record, FLOPs and timing caches, by task (--dry-run)."""
-    timed_seconds: dict = field(default_factory=lambda: {"default": 20.0})
-    """Seconds per timed replay group (live timing + whole-dev live check), by task (--dry-run)."""
+    step_seconds: dict = field(default_factory=dict)
+    """--dry-run only: pinned seconds per full fine-tune step by task (or `default`); empty = time
+    a few real steps on this machine (pin them to price a GPU plan on a CPU machine)."""
+    record_seconds: dict = field(default_factory=dict)
+    """--dry-run with pinned step_seconds: seconds per trained model's dev record and caches (5)."""
+    timed_seconds: dict = field(default_factory=dict)
+    """--dry-run with pinned step_seconds: seconds per timed replay group (20)."""
     selection: str = "crossfit"
     """Operating-point protocol of the uncertainty tables: crossfit (default) or dev (literature)."""
     bootstrap: dict = field(default_factory=dict)
@@ -110,6 +112,8 @@ class Profile:
                                  + (" (or `all`)" if key == "methods" else ""))
         profile = cls(**data)
         profile.method_names()  # unknown method names fail here, before any work
+        for task in ["", *profile.task_train]:
+            check_precision(profile.train_overrides(task).get("precision", "auto"))
         profile.check_seeds_and_timing(path)
         profile.check_statistics(path)
         profile.check_execution()

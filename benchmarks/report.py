@@ -16,7 +16,7 @@ from de3bert.registry import METHODS  # noqa: E402
 
 from .layout import RunLayout  # noqa: E402
 from .plotstyle import method_colours  # noqa: E402
-from .results import FULL, check_one_configuration, read_rows  # noqa: E402
+from .results import FULL, check_one_configuration, precision_label, read_rows  # noqa: E402
 
 
 def ablation_of(row: dict) -> str:
@@ -166,7 +166,8 @@ def tables_markdown(df: pd.DataFrame, targets: list[float]) -> tuple[list[str], 
           "Cells: headline dev metric (achieved layer speed-up); `^` = highest point estimate, which "
           "says nothing about significance: see `uncertainty.md` for cross-fitted operating points, "
           "95% intervals and which differences are real; the oracle uses labels (head-room only).", "",
-          f"Training settings: {train_settings_label(df)}.", ""]
+          f"Training settings: {train_settings_label(df)}; training precision: "
+          f"{precision_label(df['train_precision'] if 'train_precision' in df else [None])}.", ""]
     tex = []
     main = list(df[~is_ablation_col(df)]["method"].unique())
     for t in targets:

@@ -35,6 +35,7 @@ from de3bert.data import (
     TASK_DIRS,
     DataError,
     EncodedDataset,
+    dev_size,
     get_task,
     load_examples,
     make_loader,
@@ -49,8 +50,9 @@ from de3bert.model import MultiExitModel
 from de3bert.record import CorruptRecord, atomic_write_text, load_record, record_meta, save_record
 from de3bert.registry import get_method, get_recipe
 from de3bert.speedup import flops_speedup, layer_speedup, modelled_speedup, operating_points, refine_grid
+from de3bert.ties import TIE_EPS, near_ties, prediction_ties
 from de3bert.timing import compare_wallclock, component_times
-from de3bert.train import TrainConfig, config_hash, first_stage_config, train
+from de3bert.train import TrainConfig, config_fingerprint, config_hash, first_stage_config, train
 
 from .executors import Executor, Job, LocalExecutor, Progress, RayExecutor
 from .layout import RunLayout
@@ -68,6 +70,11 @@ def versions() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "datasets": datasets.__version__,
             "accelerate": accelerate.__version__, "scikit-learn": sklearn.__version__}
+
+
+def train_precision(model) -> str:
+    """The precision a model was trained in (`auto` resolved on its training machine)."""
+    return model.meta.get("precision") or model.meta.get("train_config", {}).get("precision", "fp32")
 
 
 def git_commit() -> str | None:
@@ -165,40 +172,49 @@ class Runner:
                 steps += replays
         return steps
 
-    def estimate_seconds(self, plan: list[dict]) -> float:
-        """Rough wall time of the plan from the profile's per-task costs (`step_seconds`,
-        `record_seconds`, `timed_seconds`): every stage's optimizer steps × seconds per step ×
-        the stage's relative cost (a shared first stage counted once), one dev record per
-        trained model, and per replay group its live timing (timed groups) or replay alone."""
-        total = 0.0
+    def estimate(self, plan: list[dict], costs: dict) -> dict[str, dict[str, float]]:
+        """Seconds of the plan per task and part (train, record, timed, replay) from per-task
+        costs (`benchmarks.estimate`: measured here, or pinned by the profile): every stage's
+        optimizer steps × step time × the stage's relative cost (a shared first stage counted
+        once), one dev record per trained model, and per replay group its live timing (timed
+        groups) or replay alone."""
+        from .estimate import record_seconds, timed_seconds
+
+        parts: dict[str, dict[str, float]] = {}
         for s in plan:
             if s["skip"]:
                 continue
+            task, c = s["task"], costs[s["task"]]
+            p = parts.setdefault(task, {"train": 0.0, "record": 0.0, "timed": 0.0, "replay": 0.0})
+            dev = self._dev_rows(task)
             if s["kind"] == "train":
-                total += self.train_estimate(s["task"], s["recipe"], s["seed"])
-                total += self._task_cost(self.p.record_seconds, s["task"], 5.0)
-            elif self.timed(s["method"]) and self.p.timed_seed(s["task"], s["seed"]):
-                total += self._task_cost(self.p.timed_seconds, s["task"], 20.0)
-            else:  # replay alone: never dearer than a timed group of the same task
-                total += min(REPLAY_SECONDS, self._task_cost(self.p.timed_seconds, s["task"], 20.0))
-        return total
+                p["train"] += self.train_estimate(task, s["recipe"], s["seed"], c.step)
+                p["record"] += record_seconds(self.p, task, c, dev)
+            elif self.timed(s["method"]) and self.p.timed_seed(task, s["seed"]):
+                p["timed"] += timed_seconds(self.p, task, c, dev)
+            else:
+                p["replay"] += REPLAY_SECONDS
+        return parts
 
-    @staticmethod
-    def _task_cost(costs: dict, task: str, fallback: float) -> float:
-        """A per-task cost from a profile dict (its `default` key, else `fallback`)."""
-        return float(costs.get(task, costs.get("default", fallback)))
-
-    def train_estimate(self, task: str, recipe: str, seed: int) -> float:
+    def train_estimate(self, task: str, recipe: str, seed: int, per_step: float) -> float:
         """Seconds to train one model: steps per stage × seconds per step × the stage's cost,
         plus loading and saving; a first stage shared with another planned run is free here."""
+        return self.train_steps(task, recipe, seed, per_step) + TRAIN_OVERHEAD_SECONDS
+
+    def train_steps(self, task: str, recipe: str, seed: int, per_step: float = 1.0) -> float:
+        """Optimizer steps of one training (stages weighted by their cost) × `per_step`."""
         cfg = self.train_config(task, recipe, seed)
         n = min(cfg.train_limit or float("inf"), self._train_rows(task))
         steps = np.ceil(n / cfg.batch_size / cfg.grad_accum_steps) * cfg.epochs
-        per_step = self._task_cost(self.p.step_seconds, task, 1.4)
         stages = get_recipe(recipe).stages()
         if cfg.first_stage_dir:  # trained (and counted) as its own run
             stages = stages[1:]
-        return sum(steps * per_step * st.cost for st in stages) + TRAIN_OVERHEAD_SECONDS
+        return float(sum(steps * per_step * st.cost for st in stages))
+
+    def _dev_rows(self, task: str) -> int:
+        """Dev rows a run evaluates (local file, else published; `dev_limit` applied)."""
+        n = dev_size(get_task(task), self.data_dir)
+        return min(n, self.p.dev_limit) if self.p.dev_limit else n
 
     def _train_rows(self, task: str) -> int:
         """The task's training-set size (local file, else published), counted once per run."""
@@ -232,7 +248,8 @@ class Runner:
         if shared is None:
             return cfg
         theirs = self.train_config(cfg.task, shared.recipe, cfg.seed)
-        if config_hash(shared) == config_hash(theirs):  # out_dir is not hashed
+        # out_dir is not hashed; the data is the same task's (and need not be here for a dry run)
+        if config_fingerprint(shared, with_data=False) == config_fingerprint(theirs, with_data=False):
             return dataclasses.replace(cfg, first_stage_dir=theirs.out_dir)
         return cfg
 
@@ -344,6 +361,7 @@ class Runner:
                 "group_hash": self.group_hash(task, method, seed),
                 "full_config_hash": self.model_key(task, "single", seed),
                 "operating_point_selection": "dev",  # `operating_point` marks: tuned and scored on dev
+                "train_precision": train_precision(model),
                 "train_settings": self.p.recipe_train(task, recipe, seed, self.data_dir)[1],
                 "config": {"train": model.meta.get("train_config", {}),
                            "model": {k: v for k, v in model.meta.items() if k != "train_config"}},
@@ -505,7 +523,9 @@ class Runner:
             "mean_exit_layer": float(full.num_layers),
             "exit_histogram": [0] * (full.num_layers - 1) + [n],
             "gflops_per_sample": float(full_flops.full_model(lengths).mean() / 1e9),
-            "operating_point": None, "n_samples": n}
+            "operating_point": None, "n_samples": n,
+            "near_ties": {"eps": TIE_EPS, "exit": 0, "prediction": int(prediction_ties(  # last layer's
+                {"logits": full_rec["logits"][-1:]}, torch.ones(1, n, dtype=torch.long)).sum())}}
 
     def replay_method(self, task, seed, name, model, rec, lengths, flops, full_flops, times, full_times,
                       full_model, items) -> list[dict]:
@@ -517,6 +537,7 @@ class Runner:
         grid = refine_grid(policy, rec, policy.grid(), self.p.speedup_targets)
         exits = policy.replay(rec, grid)  # [K, N]
         preds = replay_predictions(rec, exits)
+        ties = near_ties(policy, rec, grid, exits)
         L, n = model.num_layers, exits.shape[1]
         rows = []
         for k, value in enumerate(grid):
@@ -531,7 +552,7 @@ class Runner:
                 "speedup_wallclock": None, "speedup_wallclock_b32": None,
                 "speedup_wallclock_model": modelled_speedup(times, full_times, e),
                 "mean_exit_layer": float(e.mean()), "exit_histogram": hist, "gflops_per_sample": gflops,
-                "operating_point": None, "n_samples": n, **method.describe()})
+                "operating_point": None, "n_samples": n, "near_ties": ties[k], **method.describe()})
         self._stat(task, "replay_seconds", time.perf_counter() - t0)
         self._stat(task, "replay_groups", 1)
         self._stat(task, "knob_values", len(grid))

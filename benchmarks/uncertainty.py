@@ -22,7 +22,7 @@ from de3bert.registry import METHODS
 
 from .analysis import indicator_scores
 from .layout import RunLayout
-from .results import FULL, read_rows
+from .results import FULL, precision_label, read_rows
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,7 @@ def run_inputs(layout: RunLayout, settings: Settings) -> dict:
                        "seeds_left_out": left_out}
     modes = sorted({(r.get("train_settings") or {}).get("train_settings", "equal") for r in rows})
     return {"protocol": settings.selection, "tasks": tasks, "train_settings": " + ".join(modes),
+            "precision": precision_label(r.get("train_precision") for r in rows),
             "indicator_pairs": _indicator_pairs(tasks, settings)}
 
 
@@ -250,7 +251,8 @@ def uncertainty_markdown(inputs: dict, per: dict, settings: Settings, seconds: f
           + ", ".join(f"{t} {p['n_seeds']}" for t, p in per.items())
           + " (one seed: sample-level intervals only; several: hierarchical bootstrap over seeds, "
             "then samples).",
-          "", f"Training settings: {_train_settings(inputs)}.", "", LEGEND, "",
+          "", f"Training settings: {_train_settings(inputs)}; training precision: "
+          f"{inputs.get('precision', 'not recorded')}.", "", LEGEND, "",
           "## Is each task learned?", ""]
     md += [f"- {t}: {'learned' if p['learned'].learned else '**not learned**'} — "
            + "; ".join(p["learned"].reasons) for t, p in per.items()] + [""]

@@ -20,6 +20,11 @@ EMBEDDED_BACKBONE = "embedded:all-MiniLM-L6-v2"
 TINY_RANDOM = "tiny-random"
 TINY_CONFIG = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
                "intermediate_size": 128, "max_position_embeddings": 512}
+#: random-weight backbones with the embedded tokenizer's vocabulary (no download): the smoke
+#: profile's tiny BERT, and BERT-base's shape for the GPU check (scripts/gpu_check.sh)
+BASE_CONFIG = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+               "intermediate_size": 3072, "max_position_embeddings": 512}
+RANDOM_BACKBONES = {TINY_RANDOM: TINY_CONFIG, "random-bert-base": BASE_CONFIG}
 SUPPORTED_TYPES = ("bert", "roberta", "albert", "distilbert", "electra", "xlm-roberta")
 
 
@@ -36,7 +41,7 @@ def embedded_backbone_path() -> str:
 
 def resolve_backbone(name: str) -> str:
     """Map `embedded:*`/`minilm` to the packaged model directory; pass Hub ids and paths through."""
-    if name in (EMBEDDED_BACKBONE, "embedded", "minilm", "all-MiniLM-L6-v2", TINY_RANDOM):
+    if name in (EMBEDDED_BACKBONE, "embedded", "minilm", "all-MiniLM-L6-v2", *RANDOM_BACKBONES):
         return embedded_backbone_path()
     return name
 
@@ -55,7 +60,8 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", 
 
 def valid_backbones() -> str:
     """The accepted backbone spellings, for error messages."""
-    return (f"valid backbones: {EMBEDDED_BACKBONE!r} (packaged), {TINY_RANDOM!r} (smoke/tests), a local "
+    return (f"valid backbones: {EMBEDDED_BACKBONE!r} (packaged), {TINY_RANDOM!r} (smoke/tests), "
+            "'random-bert-base' (GPU check), a local "
             "directory with config.json, weights and tokenizer files, or a Hub id such as "
             "bert-base-uncased (needs network or a warm cache)")
 
@@ -88,10 +94,10 @@ def load_tokenizer(name: str):
 
 def load_encoder(name: str, attn_implementation: str = "sdpa") -> PreTrainedModel:
     """`AutoModel.from_pretrained` for a Hub id, local path or the embedded backbone."""
-    if name == TINY_RANDOM:  # the embedded tokenizer's vocabulary, random weights
+    if name in RANDOM_BACKBONES:  # the embedded tokenizer's vocabulary, random weights
         from transformers import BertConfig, BertModel
 
-        return BertModel(BertConfig(**TINY_CONFIG, attn_implementation=attn_implementation))
+        return BertModel(BertConfig(**RANDOM_BACKBONES[name], attn_implementation=attn_implementation))
     path = resolve_backbone(name)
     if not (os.path.isdir(path) or "/" in name or name.replace("-", "").isalnum()):
         raise ValueError(f"backbone {name!r} is neither a directory nor a Hub id; {valid_backbones()}")

@@ -43,6 +43,7 @@ class TaskSpec:
     columns: int = 0  # fields per row of a header-less file (CoLA: 4); 0 = the header's width
     train_task: str = ""  # a second dev split of another task trains that task's model (mnli-mm)
     train_rows: int = 0  # the published training-set size (estimates when the data is not local)
+    dev_rows: int = 0  # the published dev-set size (the same use)
 
     @property
     def is_regression(self) -> bool:
@@ -59,34 +60,35 @@ TASKS: dict[str, TaskSpec] = {
     t.name: t
     for t in [
         TaskSpec("cola", 2, ("3",), "1", ("mcc",), has_header=False, hub_config="cola",
-                 hub_fields=("sentence",), columns=4, train_rows=8551),
+                 hub_fields=("sentence",), columns=4, train_rows=8551, dev_rows=1043),
         TaskSpec("sst2", 2, ("sentence",), "label", ("accuracy",), hub_config="sst2",
-                 hub_fields=("sentence",), train_rows=67349),
+                 hub_fields=("sentence",), train_rows=67349, dev_rows=872),
         TaskSpec("mrpc", 2, ("#1 String", "#2 String"), "Quality", ("f1", "accuracy"),
-                 hub_config="mrpc", hub_fields=("sentence1", "sentence2"), train_rows=3668),
+                 hub_config="mrpc", hub_fields=("sentence1", "sentence2"), train_rows=3668, dev_rows=408),
         TaskSpec("stsb", 1, ("sentence1", "sentence2"), "score", ("pearson", "spearman"),
-                 hub_config="stsb", hub_fields=("sentence1", "sentence2"), train_rows=5749),
+                 hub_config="stsb", hub_fields=("sentence1", "sentence2"), train_rows=5749, dev_rows=1500),
         TaskSpec("qqp", 2, ("question1", "question2"), "is_duplicate", ("f1", "accuracy"),
-                 hub_config="qqp", hub_fields=("question1", "question2"), train_rows=363846),
+                 hub_config="qqp", hub_fields=("question1", "question2"), train_rows=363846, dev_rows=40430),
         TaskSpec("mnli", 3, ("sentence1", "sentence2"), "gold_label", ("accuracy",),
                  labels=("entailment", "neutral", "contradiction"), dev_file="dev_matched.tsv",
                  hub_config="mnli", hub_fields=("premise", "hypothesis"),
-                 hub_dev_split="validation_matched", train_rows=392702),
+                 hub_dev_split="validation_matched", train_rows=392702, dev_rows=9815),
         # MNLI's mismatched dev set: the MNLI training set, its own dev file and metric name
         TaskSpec("mnli-mm", 3, ("sentence1", "sentence2"), "gold_label", ("accuracy_mm",),
                  labels=("entailment", "neutral", "contradiction"), dev_file="dev_mismatched.tsv",
                  hub_config="mnli", hub_fields=("premise", "hypothesis"),
-                 hub_dev_split="validation_mismatched", train_task="mnli", train_rows=392702),
+                 hub_dev_split="validation_mismatched", train_task="mnli", train_rows=392702, dev_rows=9832),
         TaskSpec("qnli", 2, ("question", "sentence"), "label", ("accuracy",),
                  labels=("entailment", "not_entailment"), hub_config="qnli",
-                 hub_fields=("question", "sentence"), train_rows=104743),
+                 hub_fields=("question", "sentence"), train_rows=104743, dev_rows=5463),
         TaskSpec("rte", 2, ("sentence1", "sentence2"), "label", ("accuracy",),
                  labels=("entailment", "not_entailment"), hub_config="rte",
-                 hub_fields=("sentence1", "sentence2"), train_rows=2490),
+                 hub_fields=("sentence1", "sentence2"), train_rows=2490, dev_rows=277),
         TaskSpec("wnli", 2, ("sentence1", "sentence2"), "label", ("accuracy",), hub_config="wnli",
-                 hub_fields=("sentence1", "sentence2"), train_rows=635),
+                 hub_fields=("sentence1", "sentence2"), train_rows=635, dev_rows=71),
         # Synthetic, generated from a seed: the smoke profile and the CI golden checks use it.
-        TaskSpec("synthetic", 2, ("sentence",), "label", ("accuracy",), hub_config="", train_rows=800),
+        TaskSpec("synthetic", 2, ("sentence",), "label", ("accuracy",), hub_config="", train_rows=800,
+                 dev_rows=400),
     ]
 }
 TASK_DIRS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP",
@@ -227,17 +229,29 @@ def load_examples(task: TaskSpec, split: str, data_dir: str | os.PathLike | None
     return examples
 
 
-def train_size(task: TaskSpec, data_dir: str | os.PathLike | None = None) -> int:
-    """Training rows: the local file's line count (less its header) when there is one, else the
-    published size (the dry-run estimate; a count, not a parse: malformed rows are counted)."""
+def local_rows(task: TaskSpec, split: str, data_dir: str | os.PathLike | None) -> int | None:
+    """Rows of the local file of `split` (a line count less its header: malformed rows count), or
+    None when it is not here (no data dir yet: an estimate, not a load)."""
     try:
-        path = data_file(task, "train", data_dir)
-    except DataError:  # a data dir that is not there (yet): an estimate, not a load
+        path = data_file(task, split, data_dir)
+    except DataError:
         path = None
-    if path is not None and path.is_file():
-        with path.open("rb") as f:
-            return sum(1 for _ in f) - int(task.has_header)
-    return task.train_rows
+    if path is None or not path.is_file():
+        return None
+    with path.open("rb") as f:
+        return sum(1 for _ in f) - int(task.has_header)
+
+
+def train_size(task: TaskSpec, data_dir: str | os.PathLike | None = None) -> int:
+    """Training rows: the local file's, else the published size (the dry-run estimate)."""
+    rows = local_rows(task, "train", data_dir)
+    return task.train_rows if rows is None else rows
+
+
+def dev_size(task: TaskSpec, data_dir: str | os.PathLike | None = None) -> int:
+    """Dev rows: the local file's, else the published size (the dry-run estimate)."""
+    rows = local_rows(task, "dev", data_dir)
+    return task.dev_rows if rows is None else rows
 
 
 def data_file(task: TaskSpec, split: str, data_dir: str | os.PathLike | None = None) -> Path | None:

@@ -36,11 +36,19 @@ class Stage:
     cost: float = 1.0  # seconds per step relative to a full fine-tune step (the --dry-run estimate)
 
 
+def loss_float(t: torch.Tensor) -> torch.Tensor:
+    """`t` for a loss: bf16/fp16 autocast outputs up to float32, float64 (`precision: fp64`) kept.
+    A float32 loss inside an fp64 run rounds per kernel, and FastBERT's distillation amplifies
+    that to 3·10⁻³ in its students' logits between CPUs."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy for classification, MSE for regression (one output)."""
     if logits.shape[-1] == 1:
-        return F.mse_loss(logits.squeeze(-1).float(), labels.float())
-    return F.cross_entropy(logits.float(), labels)
+        out = loss_float(logits.squeeze(-1))
+        return F.mse_loss(out, labels.to(out.dtype))
+    return F.cross_entropy(loss_float(logits), labels)
 
 
 def weighted_ce(signals: list[Signals], labels: torch.Tensor, weights: str = "linear") -> torch.Tensor:

@@ -35,6 +35,7 @@ from transformers import get_linear_schedule_with_warmup
 from .backbone import default_pooling, load_tokenizer, resolve_backbone
 from .data import EncodedDataset, TaskSpec, file_sha256, get_task, load_examples, make_loader, source_identity
 from .model import MultiExitModel, build_model
+from .precision import autocast_dtype, resolve_precision, weights_dtype
 from .recipes import Recipe, Stage, get_recipe
 
 
@@ -70,8 +71,11 @@ class TrainConfig:
     """Epochs per stage (fractions allowed); an epoch shows every training sample once."""
     group_by_length: int = 50
     """Length-grouped batches from megabatches of this many batches (HF LengthGroupedSampler); 0 = off."""
-    precision: str = "fp32"
-    """`fp32`, or `bf16`: forward and losses under bfloat16 autocast (weights and AdamW stay fp32)."""
+    precision: str = "auto"
+    """`auto` (the device's native: bf16 on AVX-512 BF16/AMX CPUs and CUDA ≥ 8.0, fp16 on older
+    CUDA, else fp32), `fp32`, `bf16` or `fp16` (CUDA, grad scaler): the forward pass and losses run
+    under autocast in it (weights and AdamW stay fp32); `fp64`: everything in float64, saved as
+    fp32 (machine-independent training for golden checks). The resolved value is hashed."""
     fused_adamw: bool = True
     """AdamW's fused kernel (as HF Trainer's default `adamw_torch_fused`); False = the per-tensor loop."""
     regression_bias: str = "label_mean"
@@ -149,10 +153,11 @@ def _backbone_identity(name: str) -> dict:
     return {"backbone": name, "backbone_revision": revision}
 
 
-def config_fingerprint(cfg: TrainConfig) -> dict:
+def config_fingerprint(cfg: TrainConfig, with_data: bool = True) -> dict:
     """Everything that determines the trained model, as JSON values: every TrainConfig field but
     NOT_HASHED, pooling resolved, head_options parsed, the backbone's files' (or revision's)
-    identity and the training data's SHA-256. The process count is not part of it (see README)."""
+    identity and (`with_data`) the training data's SHA-256. The process count is not part of it
+    (see README)."""
     task = get_task(cfg.task)
     fp: dict = {}
     for f in dataclasses.fields(TrainConfig):
@@ -160,13 +165,15 @@ def config_fingerprint(cfg: TrainConfig) -> dict:
             continue
         value = getattr(cfg, f.name)
         fp[f.name] = {"float": float, "int": int}.get(str(f.type), lambda v: v)(value)
-    fp.update(task=task.train_task or task.name, pooling=cfg.resolved_pooling(), head_options=cfg.options())
+    fp.update(task=task.train_task or task.name, pooling=cfg.resolved_pooling(), head_options=cfg.options(),
+              precision=resolve_precision(cfg.precision, warn=False))
     if not task.is_regression:  # it changes nothing there: classification models keep their hash
         del fp["regression_bias"]
     if get_recipe(cfg.recipe).first_stage_from:  # its stage 1 is that recipe's run (see first_stage_config)
         fp["first_stage"] = f"shared:{get_recipe(cfg.recipe).first_stage_from}"
     fp.update(_backbone_identity(cfg.backbone))
-    fp.update(source_identity(task, "train", cfg.data_dir or None))
+    if with_data:
+        fp.update(source_identity(task, "train", cfg.data_dir or None))
     return fp
 
 
@@ -254,6 +261,7 @@ class _Run:
     progress: dict = field(default_factory=dict)
     resume_state: dict | None = None
     t0: float = 0.0
+    precision: str = "fp32"  # resolved (never `auto`) for the accelerator's device
 
     @property
     def out(self) -> Path:
@@ -273,8 +281,7 @@ def _check(cfg: TrainConfig) -> None:
         raise ValueError(f"grad_accum_steps must be ≥ 1, got {cfg.grad_accum_steps}")
     if not cfg.max_grad_norm >= 0:
         raise ValueError(f"max_grad_norm must be ≥ 0 (0 = off), got {cfg.max_grad_norm}")
-    if cfg.precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
+    resolve_precision(cfg.precision)  # unknown values fail; emulated bf16 warns once
     if cfg.regression_bias not in REGRESSION_BIAS:
         raise ValueError(f"regression_bias must be one of {', '.join(REGRESSION_BIAS)}, "
                          f"got {cfg.regression_bias!r}")
@@ -315,7 +322,9 @@ def _setup(cfg: TrainConfig, accelerator: Accelerator | None, fp: dict) -> _Run:
     model = build_model(cfg.backbone, cfg.recipe, task.num_labels, cfg.resolved_pooling(), **cfg.options())
     if task.is_regression and cfg.regression_bias == "label_mean":
         init_regression_bias(model, ds.labels, cfg.recipe)
-    run = _Run(cfg, accelerator, task, recipe, ds, model, tok.pad_token_id or 0, fp)
+    precision = resolve_precision(cfg.precision, accelerator.device.type, warn=False)
+    model.to(weights_dtype(precision))
+    run = _Run(cfg, accelerator, task, recipe, ds, model, tok.pad_token_id or 0, fp, precision=precision)
     run.out.mkdir(parents=True, exist_ok=True)
     (run.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     return run
@@ -359,6 +368,7 @@ class _Stage:
     total: int
     step: int
     bar: tqdm
+    scaler: torch.amp.GradScaler | None = None  # fp16 only (bf16 and fp32 need no loss scaling)
     window: list = field(default_factory=list)  # detached micro-batch losses since the last read-back
 
 
@@ -387,7 +397,8 @@ def _start_stage(run: _Run, s_idx: int, stage: Stage) -> _Stage:
     step = run.progress["global_step"] if resuming else 0
     bar = tqdm(total=total, initial=step, desc=f"train {run.task.name} {cfg.recipe}:{stage.name}",
                disable=not (cfg.progress and run.accelerator.is_main_process))
-    return _Stage(s_idx, stage, params, wrapped, optimizer, scheduler, total, step, bar)
+    scaler = torch.amp.GradScaler(run.accelerator.device.type) if run.precision == "fp16" else None
+    return _Stage(s_idx, stage, params, wrapped, optimizer, scheduler, total, step, bar, scaler)
 
 
 def _micro_step(run: _Run, st: _Stage, batch: dict, step_in_epoch: int, scale: int,
@@ -396,21 +407,31 @@ def _micro_step(run: _Run, st: _Stage, batch: dict, step_in_epoch: int, scale: i
     gradients are all-reduced only on the group's last micro-batch (`sync`)."""
     acc = run.accelerator
     batch = {k: v.to(acc.device) for k, v in batch.items()}
-    bf16 = torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=run.cfg.precision == "bf16")
+    if batch["labels"].is_floating_point():  # regression targets in the weights' dtype
+        batch["labels"] = batch["labels"].to(weights_dtype(run.precision))
+    dtype = autocast_dtype(run.precision)
+    cast = torch.autocast(acc.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
     with contextlib.nullcontext() if sync else acc.no_sync(st.wrapped):
-        with bf16:
+        with cast:
             signals = st.wrapped(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
             loss = st.stage.loss(acc.unwrap_model(st.wrapped), signals, batch["labels"], step_in_epoch)
         st.window.append(loss.detach())  # read back every LOG_EVERY steps: one host sync, not one per step
-        acc.backward(loss / scale if scale > 1 else loss)
+        scaled = loss / scale if scale > 1 else loss
+        acc.backward(st.scaler.scale(scaled) if st.scaler else scaled)
     return batch, signals, loss
 
 
 def _optimizer_step(run: _Run, st: _Stage) -> None:
     """Clip (if max_grad_norm > 0), step optimizer and schedule, clear gradients."""
+    if st.scaler:  # fp16: gradients back to their true scale before clipping
+        st.scaler.unscale_(st.optimizer)
     if run.cfg.max_grad_norm > 0:
         run.accelerator.clip_grad_norm_(st.params, run.cfg.max_grad_norm)
-    st.optimizer.step()
+    if st.scaler:  # skips the step on inf/NaN gradients and adapts the scale
+        st.scaler.step(st.optimizer)
+        st.scaler.update()
+    else:
+        st.optimizer.step()
     st.scheduler.step()
     st.optimizer.zero_grad(set_to_none=True)
     st.step += 1
@@ -483,8 +504,10 @@ def _finish(run: _Run) -> MultiExitModel:
     model, acc = run.model, run.accelerator
     model.eval()
     run.recipe.after_training(model, make_loader(run.ds, 64, shuffle=False, pad_token_id=run.pad_id), acc)
+    model.float()  # an fp64 run is saved, recorded and timed in fp32 like every other
     model.meta["train_seconds"] = round(time.perf_counter() - run.t0, 2)
     model.meta["train_config"] = asdict(run.cfg)
+    model.meta["precision"] = run.precision  # what `auto` resolved to on the training device
     model.meta["train_processes"] = acc.num_processes
     model.meta["effective_batch"] = acc.num_processes * run.cfg.batch_size * run.cfg.grad_accum_steps
     acc.wait_for_everyone()

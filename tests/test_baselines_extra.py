@@ -375,3 +375,24 @@ def test_fastbert_head_equals_full_self_attention_first_row():
         unpadded = head(hidden[1:2, :5], mask[1:2, :5])[0]  # padding keys are masked out
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(got[1], unpadded, atol=1e-6, rtol=1e-5)
+
+
+def test_fastbert_key_bias_stays_zero_under_adamw():
+    """The key bias adds q·b_k to every score of a query, which softmax cancels: its gradient is
+    zero in exact arithmetic and rounding noise in floats. AdamW normalises that noise into
+    lr-sized steps whose sign depends on the CPU's kernels (smoke: students 1e-2 apart on AVX2 vs
+    AVX-512, every other recipe 1e-6). The key half of the bias is held at exactly 0."""
+    model = build("self-distill").train()
+    head = model.heads.layers[0]
+    w = head.width
+    assert torch.count_nonzero(head.kv.bias[:w]) == 0
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    hidden, mask = torch.randn(8, 7, 32), torch.ones(8, 7, dtype=torch.long)
+    for _ in range(3):
+        head(hidden, mask).logsumexp(-1).sum().backward()
+        assert torch.count_nonzero(head.kv.bias.grad[:w]) == 0
+        assert torch.count_nonzero(head.kv.bias.grad[w:]) > 0  # the value bias does learn
+        opt.step()
+        opt.zero_grad()
+    assert torch.count_nonzero(head.kv.bias[:w]) == 0

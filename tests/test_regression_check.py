@@ -146,9 +146,12 @@ def test_a_moved_operating_point_fails(golden, tmp_path, capsys):
 
 def test_golden_pins_knob_and_speedup_of_each_operating_point(golden):
     points = json.loads(golden.read_text())["operating_points"]
-    assert points == {"synthetic/deebert/seed0@1.5": {"knob": 0.1, "speedup_layers": 1.6, "metric": 81.25},
-                      "synthetic/pabee/seed0@1.5": {"knob": 2.0, "speedup_layers": 2.0, "metric": 79.5},
-                      "synthetic/pabee/seed0@2": {"knob": 2.0, "speedup_layers": 2.0, "metric": 79.5}}
+    same = {"ties": 0, "n_samples": None, "num_layers": 4}
+    deebert = {"knob": 0.1, "speedup_layers": 1.6, "metric": 81.25}
+    pabee = {"knob": 2.0, "speedup_layers": 2.0}
+    assert points == {"synthetic/deebert/seed0@1.5": {**deebert, **same},
+                      "synthetic/pabee/seed0@1.5": {**pabee, "metric": 79.5, **same},
+                      "synthetic/pabee/seed0@2": {**pabee, "metric": 79.5, **same}}
 
 
 def test_benchmark_bounds_merge_keeps_the_ratios_a_run_lacks(tmp_path, capsys):
@@ -180,3 +183,36 @@ def test_per_task_and_per_recipe_ratios_get_a_bound_each(tmp_path):
     keys = {"training throughput, mrpc/single", "training throughput, sst2/single",
             "training throughput, mrpc/de3"}
     assert set(benchmark_ratios(path)) == keys
+
+
+# A row with near ties (samples within TIE_EPS of the knob or of a class boundary): 128 samples,
+# one exit tie and one prediction tie, so T = 2 samples may move and accuracy may move by
+# 0.5 + 2·200/128 = 3.625 points. The same changes on a tie-free row are regressions.
+TIED = dict(_row("fastbert", 0.575, 128 * 4 / 412, [10, 20, 30, 68], 80.0, [1.5]),
+            n_samples=128, near_ties={"eps": 1e-4, "exit": 1, "prediction": 1})
+
+
+@pytest.mark.parametrize("hist,acc,ok", [
+    ([10, 21, 29, 68], 80.0, True),    # one sample one layer later: a tie flipped
+    ([11, 19, 30, 68], 80.78, True),   # two samples moved (= T), accuracy within 3.625
+    ([12, 18, 29, 69], 80.0, False),   # three moves > T = 2: more flips than near ties
+    ([10, 20, 30, 68], 84.0, False),   # accuracy moved 4 points > 3.625
+])
+def test_near_ties_may_move_exactly_as_far_as_they_allow(tmp_path, hist, acc, ok):
+    golden = tmp_path / "golden.json"
+    check_regression(golden, _write_rows(tmp_path / "base.jsonl", [TIED]), update=True)
+    layers = sum((i + 1) * c for i, c in enumerate(hist))
+    moved = dict(TIED, exit_histogram=hist, speedup_layers=128 * 4 / layers, metric={"accuracy": acc})
+    assert check_regression(golden, _write_rows(tmp_path / "new.jsonl", [moved])) == (0 if ok else 1)
+    untied = dict(moved, near_ties={"eps": 1e-4, "exit": 0, "prediction": 0})
+    base0 = _write_rows(tmp_path / "base0.jsonl", [dict(TIED, near_ties=untied["near_ties"])])
+    check_regression(golden, base0, update=True)
+    assert check_regression(golden, _write_rows(tmp_path / "new0.jsonl", [untied])) == 1  # no ties: exact
+
+
+def test_an_older_golden_schema_is_an_error_not_a_pass(golden, tmp_path):
+    old = json.loads(golden.read_text())
+    del old["schema"]
+    golden.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="schema 1 predates near-tie counts.*--update"):
+        check_regression(golden, _write_rows(tmp_path / "same.jsonl", ROWS))

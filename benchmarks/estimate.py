@@ -1,0 +1,215 @@
+"""`--dry-run` costs measured on this machine: a few real training steps, one batched and one
+batch-1 inference pass per task shape, in seconds. Constants measured on one CPU were 4.6× off on
+another (issue 24); a profile may still pin `step_seconds` (a GPU plan priced on a CPU machine).
+
+The estimate of a run is built from these per-task costs (`Runner.estimate`): optimizer steps ×
+step time × each stage's relative cost; a dev record = dev rows × batched pass per row; a timed
+group = per operating point one live pass over the dev set plus the batch-1 and batch-32 timing.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from de3bert.backbone import default_pooling, load_tokenizer
+from de3bert.data import EncodedDataset, collate, get_task, load_examples, local_rows
+from de3bert.model import build_model
+from de3bert.precision import autocast_dtype, resolve_precision
+
+#: rows drawn to find a typical batch (sorted by length, the middle batch: what length-grouped
+#: training and sorted recording see most)
+SAMPLE_ROWS = 256
+
+
+@dataclass
+class TaskCosts:
+    """Seconds per unit of work for one task shape, and where they came from."""
+
+    step: float
+    """One full fine-tune optimizer step (forward, backward, AdamW) at the profile's batch size."""
+    row_batched: float
+    """One dev row's share of a batch-32 inference pass (records, live checks, batched timing)."""
+    row_single: float
+    """One dev row at batch 1 (batch-1 timing)."""
+    source: str
+    """`measured` (this machine, with its precision and data) or `pinned` (the profile's)."""
+
+
+def _typical_batch(task_name: str, cfg: dict, data_dir: str | None, tok) -> tuple[dict, str]:
+    """A batch of `batch_size` real training rows of median length; without local data, rows of
+    the task's typical length from the synthetic generator (said in the returned note)."""
+    task = get_task(task_name)
+    note = "real rows"
+    try:
+        rows = load_examples(task, "train", data_dir, SAMPLE_ROWS, seed=0)
+    except (OSError, ValueError):  # no local data (and no Hub): synthetic text, same batch shape
+        rows = load_examples(get_task("synthetic"), "train", None, SAMPLE_ROWS, seed=0)
+        rows = [type(r)(r.texts * len(task.text_fields),
+                        float(r.label) if task.is_regression else int(r.label) % task.num_labels)
+                for r in rows]
+        note = "synthetic rows (no local data)"
+    ds = EncodedDataset(rows, tok, int(cfg.get("max_seq_length", 128)), task.is_regression)
+    order = sorted(range(len(ds)), key=lambda i: len(ds[i]["input_ids"]))
+    size = int(cfg.get("batch_size", 32))
+    mid = max(0, len(order) // 2 - size // 2)
+    items = [ds[i] for i in order[mid:mid + size]]
+    return collate(items, tok.pad_token_id or 0), note
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    """Median wall time of `fn` over `repeats` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure_task(profile, task_name: str, data_dir: str | None, steps: int = 3) -> TaskCosts:
+    """Time `steps` training steps (after one warm-up) of the `single` recipe and one batched
+    and one batch-1 inference pass, on this machine, at the profile's precision and threads."""
+    torch.set_num_threads(profile.threads)
+    cfg = profile.train_overrides(task_name)
+    task = get_task(task_name)
+    torch.manual_seed(0)
+    random.seed(0)
+    tok = load_tokenizer(profile.backbone)
+    batch, _ = _typical_batch(task_name, cfg, data_dir, tok)
+    pooling = cfg.get("pooling") or default_pooling(profile.backbone)
+    model = build_model(profile.backbone, "single", task.num_labels, pooling)
+    inputs = (batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+    dtype = autocast_dtype(resolve_precision(cfg.get("precision", "auto"), "cpu", warn=False))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    recipe_loss = _single_loss(task.is_regression)
+
+    def train_step() -> None:
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            loss = recipe_loss(model(*inputs)[-1]["logits"], batch["labels"])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    model.train()
+    step = _median_seconds(train_step, steps)
+    model.eval()
+    with torch.inference_mode():
+        batched = _median_seconds(lambda: model(*inputs), 2) / len(batch["input_ids"])
+        one = tuple(t[:1] if t is not None else None for t in inputs)
+        single = _median_seconds(lambda: model(*one), 3)
+    return TaskCosts(step, batched, single, "measured")
+
+
+def _single_loss(regression: bool):
+    """The plain fine-tune's loss on the last exit (what a `single` step optimises)."""
+    if regression:
+        return lambda logits, y: torch.nn.functional.mse_loss(logits.squeeze(-1).float(), y.float())
+    return lambda logits, y: torch.nn.functional.cross_entropy(logits.float(), y)
+
+
+#: seconds of a trained model's FLOPs count and timing-model caches beyond its dev pass
+RECORD_FIXED_SECONDS = 2.0
+
+
+def pinned(profile, task: str) -> bool:
+    """Whether the profile pins this task's step time (`step_seconds`: the task or `default`)."""
+    return task in profile.step_seconds or "default" in profile.step_seconds
+
+
+def task_costs(profile, tasks: list[str], data_dir: str | None, say=print) -> dict[str, TaskCosts]:
+    """Per task: the profile's pinned costs, else costs measured here (one line says which)."""
+    out = {}
+    for task in tasks:
+        if pinned(profile, task):
+            step = float(profile.step_seconds.get(task, profile.step_seconds.get("default")))
+            out[task] = TaskCosts(step, 0.0, 0.0, "pinned")
+            continue
+        t0 = time.perf_counter()
+        out[task] = measure_task(profile, task, data_dir)
+        c = out[task]
+        say(f"[dry-run] measured {task} on this machine in {time.perf_counter() - t0:.1f} s: "
+            f"train step {c.step:.3f} s, batched pass {c.row_batched * 1e3:.2f} ms/row, "
+            f"batch 1 {c.row_single * 1e3:.1f} ms/row")
+    return out
+
+
+def record_seconds(profile, task: str, costs: TaskCosts, dev_rows: int) -> float:
+    """One trained model's dev record, FLOPs and timing caches."""
+    if costs.source == "pinned":
+        return float(profile.record_seconds.get(task, profile.record_seconds.get("default", 5.0)))
+    return dev_rows * costs.row_batched + 96 * costs.row_single + RECORD_FIXED_SECONDS
+
+
+def timed_seconds(profile, task: str, costs: TaskCosts, dev_rows: int) -> float:
+    """One timed replay group: per operating point at speed-up t, a live pass over the dev set
+    (its whole-dev check, ~1/t of a full pass), and the batch-1 and batched timings of the full
+    model and the method (1 + 1/t passes over the timing samples per repeat)."""
+    if costs.source == "pinned":
+        return float(profile.timed_seconds.get(task, profile.timed_seconds.get("default", 20.0)))
+    t = profile.timing
+    samples, repeats, warmup = int(t.get("samples", 64)), int(t.get("repeats", 3)), int(t.get("warmup", 4))
+    total = 0.0
+    for target in profile.speedup_targets:
+        both = 1 + 1 / target  # the full model, then early exit at about 1/target of its layers
+        total += (dev_rows * costs.row_batched / target
+                  + both * (samples * repeats + warmup) * costs.row_single
+                  + both * samples * (repeats + 1) * costs.row_batched)
+    return total
+
+
+def _plan_lines(plan: list[dict]) -> None:
+    """One line per training run and replay group (skips with their reason)."""
+    for s in plan:
+        what = s.get("recipe") if s["kind"] == "train" else s["method"]
+        note = f"  (skip: {s['skip']})" if s["skip"] else ""
+        print(f"{s['kind']:<7} {s['task']:<10} seed {s['seed']:<4} {what}{note}")
+
+
+def _data_note(runner, tasks: list[str]) -> None:
+    """Which tasks are sized from local files and which from the published split sizes."""
+    absent = [t for t in tasks
+              if t != "synthetic" and local_rows(get_task(t), "train", runner.data_dir) is None]
+    if absent:
+        print(f"[dry-run] no local data for {', '.join(absent)}: using the published split sizes "
+              "(de3bert.data.TASKS)")
+
+
+def print_dry_run(runner, plan: list[dict], gpus: int) -> None:
+    """The plan, then its estimate per task and part, in minutes (GPU-hours for a GPU profile)."""
+    _plan_lines(plan)
+    tasks = list(dict.fromkeys(s["task"] for s in plan))
+    _data_note(runner, tasks)
+    for key in runner.p.step_seconds:
+        if key != "default" and key not in tasks:
+            print(f"[dry-run] warning: step_seconds has {key!r}, a task this profile does not run "
+                  f"({', '.join(tasks)})")
+    costs = task_costs(runner.p, tasks, runner.data_dir)
+    parts = runner.estimate(plan, costs)
+    n_train = sum(s["kind"] == "train" for s in plan)
+    n_rep = sum(s["kind"] == "replay" and not s["skip"] for s in plan)
+    print(f"{n_train} training runs, {n_rep} replay groups")
+    gpu = runner.p.device.startswith("cuda")
+    unit, scale = ("GPU-h", 3600) if gpu else ("min", 60)
+    print(f"{'task':<10} {'train':>9} {'record':>9} {'timed':>9} {'replay':>9} {'total':>9}  ({unit})")
+    for task, p in parts.items():
+        print(f"{task:<10} " + " ".join(f"{v / scale:>9.2f}" for v in p.values())
+              + f" {sum(p.values()) / scale:>9.2f}")
+    total = sum(sum(p.values()) for p in parts.values())
+    how = ("step times pinned by the profile" if all(c.source == "pinned" for c in costs.values())
+           else "costs measured on this machine just now")
+    if gpu:
+        chains = [sum(sum(p.values()) for p in runner.estimate(
+            [s for s in plan if (s["task"], s["seed"]) == ts], costs).values())
+            for ts in dict.fromkeys((s["task"], s["seed"]) for s in plan)]
+        wall = max(total / gpus, max(chains, default=0.0)) / 3600
+        print(f"estimated {total / 3600:.1f} GPU-hours on one GPU ({how}); on {gpus} GPUs through "
+              f"the Ray executor at least {wall:.1f} h of wall time (all GPUs busy, or the longest "
+              "task-and-seed chain, whose training and evaluation jobs run in order)")
+    else:
+        print(f"estimated {total / 60:.0f} min on this machine ({how})")
