@@ -132,9 +132,23 @@ MUTANTS = (
     Mutant(
         "golden speed-up check always passes",
         "benchmarks/regression.py",
-        'sp == g["speedup_layers"]))',
-        "True))",
+        'sp == g["speedup_layers"]),',
+        "True),",
         ("tests/test_regression_check.py",),
+    ),
+    Mutant(
+        "near ties tolerate twice the moves they can explain",
+        "benchmarks/regression.py",
+        "len(r[\"exit_histogram\"]) == L and moved <= ties)",
+        "len(r[\"exit_histogram\"]) == L and moved <= 2 * ties)",
+        ("tests/test_regression_check.py",),
+    ),
+    Mutant(
+        "near-tie band ten times too wide",
+        "de3bert/ties.py",
+        "lower = (k - eps).clamp(min=policy.knob.low)",
+        "lower = (k - 10 * eps).clamp(min=policy.knob.low)",
+        ("tests/test_ties.py",),
     ),
 )
 
@@ -155,18 +169,20 @@ def _first_failure(output: str) -> str:
     return "(non-zero exit)"
 
 
-def check(m: Mutant, smoke: bool) -> tuple[bool, str]:
-    """(killed, by what) for one mutant; the file is always restored."""
+def check(m: Mutant, smoke: bool, smoke_only: bool = False) -> tuple[bool, str]:
+    """(killed, by what) for one mutant; the file is always restored. `smoke_only`: the smoke
+    golden check alone (does the tolerant check by itself still see the mutant?)."""
     path = REPO / m.path
     original = path.read_text()
     if original.count(m.old) != 1:
         raise SystemExit(f"mutant {m.name!r}: {m.old!r} must occur exactly once in {m.path}")
     path.write_text(original.replace(m.old, m.new))
     try:
-        ok, out = _run([PY, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *m.tests], 1200)
-        if not ok:
-            return True, _first_failure(out)
-        if smoke:
+        if not smoke_only:
+            ok, out = _run([PY, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *m.tests], 1200)
+            if not ok:
+                return True, _first_failure(out)
+        if smoke or smoke_only:
             with tempfile.TemporaryDirectory() as tmp:
                 ok, _ = _run(
                     [PY, "-m", "benchmarks", "run", "--profile", "smoke", "--out", tmp, "--no-progress"], 1800
@@ -199,13 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run every (selected) mutant; print a table; exit 1 if any survived."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="also run the smoke golden check per mutant")
+    ap.add_argument("--smoke-only", action="store_true",
+                    help="only the smoke golden check per mutant (no tests): what the check alone kills")
     ap.add_argument("-k", default="", help="only mutants whose name contains this")
     args = ap.parse_args(argv)
     rows = []
     for m in MUTANTS:
         if args.k and args.k not in m.name:
             continue
-        killed, by = check(m, args.smoke)
+        killed, by = check(m, args.smoke, args.smoke_only)
         rows.append((m.name, m.path, "killed" if killed else "SURVIVED", by))
         print(f"{m.name:<40} {m.path:<26} {rows[-1][2]:<8} {by}", flush=True)
     survived = [r for r in rows if r[2] != "killed"]
