@@ -61,7 +61,8 @@ def cmd_check(args) -> int:
     if args.benchmark_json:
         return check_benchmarks(args.golden, args.benchmark_json, update=args.update,
                                 allow_missing=args.allow_missing, merge=args.merge)
-    return check_regression(args.golden, args.results, update=args.update, verbose=args.verbose)
+    return check_regression(args.golden, args.results, update=args.update, verbose=args.verbose,
+                            exact=args.exact)
 
 
 def add_commands(sub) -> None:
@@ -103,6 +104,8 @@ def add_commands(sub) -> None:
                         "have, keep the others")
     p.add_argument("--allow-missing", action="store_true",
                    help="with --benchmark-json: skip bounded ratios the run lacks (a -k subset)")
+    p.add_argument("--exact", action="store_true",
+                   help="with --results: tolerate no near ties (same machine as the golden file)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every check, not only failures")
     p.set_defaults(fn=cmd_check)
     from .artefacts import add_export_parser

@@ -211,9 +211,19 @@ def print_checks(checks: list[tuple[str, str, str, bool]], verbose: bool) -> Non
           + (" — REGRESSION (failing checks listed above)" if failed else " — no regression"))
 
 
+def _without_ties(golden: dict, rows: dict[str, dict]) -> tuple[dict, dict[str, dict]]:
+    """Golden file and rows with every near-tie count set to 0: the exact comparison."""
+    none = {"exit": 0, "prediction": 0}
+    g = {**golden, "rows": {k: {**r, "near_ties": none} for k, r in golden["rows"].items()},
+         "operating_points": {k: {**p, "ties": 0} for k, p in golden.get("operating_points", {}).items()}}
+    return g, {k: {**r, "near_ties": none} for k, r in rows.items()}
+
+
 def check_regression(golden: str | Path, results: str | Path, update: bool = False,
-                     verbose: bool = False) -> int:
-    """Compare a run's results with the golden file (exit 1 on any regression), or refresh it."""
+                     verbose: bool = False, exact: bool = False) -> int:
+    """Compare a run's results with the golden file (exit 1 on any regression), or refresh it.
+    `exact` tolerates no near ties (the machine that made the golden file, or a mutation check
+    asking whether a mutant changed anything at all)."""
     golden = Path(golden)
     if update:
         old = json.loads(golden.read_text()) if golden.is_file() else {}
@@ -226,7 +236,10 @@ def check_regression(golden: str | Path, results: str | Path, update: bool = Fal
         return 0
     if not golden.is_file():
         raise FileNotFoundError(f"no golden file at {golden}; create one with --update")
-    checks = compare(json.loads(golden.read_text()), _rows(results))
+    want, have = json.loads(golden.read_text()), _rows(results)
+    if exact:
+        want, have = _without_ties(want, have)
+    checks = compare(want, have)
     print_checks(checks, verbose)
     return 1 if any(not c[3] for c in checks) else 0
 

@@ -206,6 +206,12 @@ def check(m: Mutant, smoke: bool, smoke_only: bool = False) -> tuple[bool, str]:
                 )
                 if not ok:
                     return True, "smoke golden check"
+                if smoke_only:  # did the mutant change the results at all, or were they tolerated?
+                    ok, _ = _run([PY, "-m", "benchmarks", "check-regression", "--golden",
+                                  "results/golden/smoke.json", "--results", f"{tmp}/results.jsonl",
+                                  "--exact"], 300)
+                    same = "results identical to the golden: the mutant changes no replayed row"
+                    return False, f"SURVIVED ({same if ok else 'differences tolerated as near ties'})"
         return False, "SURVIVED"
     finally:
         path.write_text(original)

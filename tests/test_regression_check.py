@@ -204,6 +204,8 @@ def test_near_ties_may_move_exactly_as_far_as_they_allow(tmp_path, hist, acc, ok
     layers = sum((i + 1) * c for i, c in enumerate(hist))
     moved = dict(TIED, exit_histogram=hist, speedup_layers=128 * 4 / layers, metric={"accuracy": acc})
     assert check_regression(golden, _write_rows(tmp_path / "new.jsonl", [moved])) == (0 if ok else 1)
+    assert check_regression(golden, tmp_path / "new.jsonl", exact=True) == 1  # --exact: no tolerance
+    assert check_regression(golden, tmp_path / "base.jsonl", exact=True) == 0
     untied = dict(moved, near_ties={"eps": 1e-4, "exit": 0, "prediction": 0})
     base0 = _write_rows(tmp_path / "base0.jsonl", [dict(TIED, near_ties=untied["near_ties"])])
     check_regression(golden, base0, update=True)
