@@ -14,10 +14,11 @@ import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp64")
 
-#: the cost of emulated bf16, measured: a MiniLM-shaped training step (batch 32, 64 tokens, 2
-#: threads) in bf16 ÷ fp32 on CPUs without AVX-512 BF16/AMX (issue 24: median 4.6 on a first-gen
-#: EPYC; docs/performance.md: this repository's own measurement under AVX2 kernels)
-EMULATED_BF16_COST = "4.6× slower than fp32 per training step on an AVX2 CPU (median of 3 rounds)"
+#: the cost of emulated bf16, measured: a MiniLM training step (batch 32, 64 tokens, 2 threads)
+#: in bf16 ÷ fp32, median of 3 interleaved rounds (`python -m benchmarks.perf.precision_step`):
+#: 4.6 on a first-gen EPYC with AVX2 only (issue 24), 7.8 under AVX2 kernels on this repository's
+#: AVX-512 EPYC (docs/performance.md)
+EMULATED_BF16_COST = "4.6-7.8× slower than fp32 per training step on AVX2 CPUs"
 
 #: oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) that still include bf16 instructions
 _BF16_ISAS = ("ALL", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10")
