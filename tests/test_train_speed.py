@@ -102,7 +102,10 @@ def test_every_recipe_trains_under_bf16_autocast(backbone_dir, tmp_path, recipe)
     assert json.loads((tmp_path / recipe / "train_config.json").read_text())["precision"] == "bf16"
 
 
-def test_unknown_precision_fails_before_work(backbone_dir, tmp_path):
-    with pytest.raises(ValueError, match="precision must be fp32 or bf16"):
+def test_unknown_precision_fails_before_work(backbone_dir, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="unknown precision 'half'; valid: auto, fp32, bf16, fp16, fp64"):
+        train(_cfg(backbone_dir, tmp_path / "p", precision="half"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="precision fp16 needs a CUDA GPU"):
         train(_cfg(backbone_dir, tmp_path / "p", precision="fp16"))
     assert not (tmp_path / "p").exists()
