@@ -20,6 +20,7 @@ from de3bert.backbone import default_pooling, load_tokenizer
 from de3bert.data import EncodedDataset, collate, get_task, load_examples, local_rows
 from de3bert.model import build_model
 from de3bert.precision import autocast_dtype, resolve_precision
+from de3bert.recipes import task_loss
 
 #: rows drawn to find a typical batch (sorted by length, the middle batch: what length-grouped
 #: training and sorted recording see most)
@@ -87,11 +88,10 @@ def measure_task(profile, task_name: str, data_dir: str | None, steps: int = 3) 
     inputs = (batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
     dtype = autocast_dtype(resolve_precision(cfg.get("precision", "auto"), "cpu", warn=False))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=bool(cfg.get("fused_adamw", True)))
-    recipe_loss = _single_loss(task.is_regression)
 
     def train_step() -> None:
         with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            loss = recipe_loss(model(*inputs)[-1]["logits"], batch["labels"])
+            loss = task_loss(model(*inputs)[-1]["logits"], batch["labels"])  # what `single` optimises
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -104,13 +104,6 @@ def measure_task(profile, task_name: str, data_dir: str | None, steps: int = 3) 
         one = tuple(t[:1] if t is not None else None for t in inputs)
         single = _median_seconds(lambda: model(*one), 3)
     return TaskCosts(step, batched, single, "measured")
-
-
-def _single_loss(regression: bool):
-    """The plain fine-tune's loss on the last exit (what a `single` step optimises)."""
-    if regression:
-        return lambda logits, y: torch.nn.functional.mse_loss(logits.squeeze(-1).float(), y.float())
-    return lambda logits, y: torch.nn.functional.cross_entropy(logits.float(), y)
 
 
 #: seconds of a trained model's FLOPs count and timing-model caches beyond its dev pass
