@@ -41,11 +41,10 @@ class TaskCosts:
     """`measured` (this machine, with its precision and data) or `pinned` (the profile's)."""
 
 
-def _typical_batch(task_name: str, cfg: dict, data_dir: str | None, tok) -> tuple[dict, str]:
+def _typical_batch(task_name: str, cfg: dict, data_dir: str | None, tok) -> dict:
     """A batch of `batch_size` real training rows of median length; without local data, rows of
-    the task's typical length from the synthetic generator (said in the returned note)."""
+    the synthetic generator's (`--dry-run` says which tasks have no local data)."""
     task = get_task(task_name)
-    note = "real rows"
     try:
         rows = load_examples(task, "train", data_dir, SAMPLE_ROWS, seed=0)
     except (OSError, ValueError):  # no local data (and no Hub): synthetic text, same batch shape
@@ -53,13 +52,12 @@ def _typical_batch(task_name: str, cfg: dict, data_dir: str | None, tok) -> tupl
         rows = [type(r)(r.texts * len(task.text_fields),
                         float(r.label) if task.is_regression else int(r.label) % task.num_labels)
                 for r in rows]
-        note = "synthetic rows (no local data)"
     ds = EncodedDataset(rows, tok, int(cfg.get("max_seq_length", 128)), task.is_regression)
     order = sorted(range(len(ds)), key=lambda i: len(ds[i]["input_ids"]))
     size = int(cfg.get("batch_size", 32))
     mid = max(0, len(order) // 2 - size // 2)
     items = [ds[i] for i in order[mid:mid + size]]
-    return collate(items, tok.pad_token_id or 0), note
+    return collate(items, tok.pad_token_id or 0)
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -82,7 +80,7 @@ def measure_task(profile, task_name: str, data_dir: str | None, steps: int = 3) 
     torch.manual_seed(0)
     random.seed(0)
     tok = load_tokenizer(profile.backbone)
-    batch, _ = _typical_batch(task_name, cfg, data_dir, tok)
+    batch = _typical_batch(task_name, cfg, data_dir, tok)
     pooling = cfg.get("pooling") or default_pooling(profile.backbone)
     model = build_model(profile.backbone, "single", task.num_labels, pooling)
     inputs = (batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))

@@ -212,9 +212,12 @@ class Runner:
         return float(sum(steps * per_step * st.cost for st in stages))
 
     def _dev_rows(self, task: str) -> int:
-        """Dev rows a run evaluates (local file, else published; `dev_limit` applied)."""
-        n = dev_size(get_task(task), self.data_dir)
-        return min(n, self.p.dev_limit) if self.p.dev_limit else n
+        """Dev rows a run evaluates (local file, else published; `dev_limit` applied), counted once."""
+        key = f"dev:{task}"
+        if key not in self._rows:
+            n = dev_size(get_task(task), self.data_dir)
+            self._rows[key] = min(n, self.p.dev_limit) if self.p.dev_limit else n
+        return self._rows[key]
 
     def _train_rows(self, task: str) -> int:
         """The task's training-set size (local file, else published), counted once per run."""
