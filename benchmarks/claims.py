@@ -88,6 +88,44 @@ def _learned(task: Mapping, seeds: Mapping[str, dict]) -> st.Verdict:
     return st.learned(scores, labels, headline)
 
 
+NOT_LEARNED = "not learned (training)"
+SPEEDUP_MATCH = 0.05  # achieved speed-ups more than 5% apart (relative) are not compared
+
+
+def model_checks(task: Mapping) -> dict[str, dict]:
+    """Each method's own trained model at its deepest exit against the task's learned bar:
+    {method: {"learned": Verdict, "per_layer": [metric per layer, mean over seeds]}}. Read from
+    the per-layer predictions `layers` [L, N] a method carries (methods without them are skipped),
+    so a model that never learned is told apart from a method that is worse (issue 25)."""
+    labels, headline = np.asarray(task["labels"]), task["metric"]
+    names = [headline] + (["accuracy"] if headline == "f1" else [])
+    per_method: dict[str, list[np.ndarray]] = {}
+    for block in task["seeds"].values():
+        for m, r in block["methods"].items():
+            if r.get("layers") is not None:
+                per_method.setdefault(m, []).append(np.asarray(r["layers"]))
+    out = {}
+    for m, runs in per_method.items():
+        per_layer = np.mean([[st.METRICS[headline](p, labels) for p in layers] for layers in runs], 0)
+        deepest = {n: float(np.mean([st.METRICS[n](layers[-1], labels) for layers in runs])) for n in names}
+        out[m] = {"learned": st.learned(deepest, labels, headline),
+                  "per_layer": [round(float(v), 2) for v in per_layer]}
+    return out
+
+
+def precheck(row: dict, models: Mapping[str, dict], de3: str) -> str | None:
+    """The verdict a claim-1 row gets before any test, or None: a model that did not learn
+    (either side) is a failed training, and speed-ups more than `SPEEDUP_MATCH` apart (a cliff
+    in one method's curve) are not the equal-speed-up comparison the claim is about."""
+    for m in (de3, row["baseline"]):
+        if m in models and not models[m]["learned"].learned:
+            return NOT_LEARNED
+    a, b = row["de3_speedup"].estimate, row["baseline_speedup"].estimate
+    if np.isfinite(a) and np.isfinite(b) and abs(a - b) > SPEEDUP_MATCH * min(a, b):
+        return f"speed-up not matched ({a:.2f}× vs {b:.2f}×)"
+    return None
+
+
 def _task_analysis(name: str, task: Mapping, protocol: str, n_boot: int, seed: int,
                    ci: str = "percentile") -> dict:
     """Paired (and, with several seeds, hierarchical) bootstrap of one task's methods and indicators."""
@@ -122,6 +160,7 @@ def _task_analysis(name: str, task: Mapping, protocol: str, n_boot: int, seed: i
         "analysis": _pooled(runs, seed),
         "indicators": ind,
         "learned": _learned(task, seeds),
+        "models": model_checks(task),
         "n_seeds": len(runs),
         "summary": st.seed_summary(runs),
     }
@@ -190,11 +229,24 @@ def _claim2_rows(name: str, ind: st.Analysis | None, pairs: Sequence[Sequence[st
 
 
 def _adjust_rows(rows: list[dict], alpha: float) -> list[dict]:
-    """BH across one claim's comparisons, then a verdict per row."""
-    adjusted = st.adjust([r["comparison"] for r in rows])
-    for r, c in zip(rows, adjusted, strict=True):
+    """BH across one claim's comparisons, then a verdict per row; rows that already carry a
+    verdict (`precheck`) are neither tested nor counted in the correction."""
+    tested = [r for r in rows if not r.get("verdict")]
+    adjusted = st.adjust([r["comparison"] for r in tested])
+    for r, c in zip(tested, adjusted, strict=True):
         r["comparison"], r["verdict"] = c, verdict(c, alpha)
     return rows
+
+
+def _claim1(per: Mapping[str, dict], results: Mapping, ok: list[str], de3: str, alpha: float) -> list[dict]:
+    """Claim 1's rows over the learned tasks, prechecked, then BH-adjusted."""
+    rows = []
+    for n in ok:
+        if de3 in per[n]["analysis"].methods:
+            for r in _claim1_rows(n, results["tasks"][n], per[n]["analysis"], de3):
+                r["verdict"] = precheck(r, per[n].get("models", {}), de3)
+                rows.append(r)
+    return _adjust_rows(rows, alpha)
 
 
 def _cannot_decide(rows: list[dict], what: str) -> str:
@@ -204,13 +256,20 @@ def _cannot_decide(rows: list[dict], what: str) -> str:
     counts = {
         v: sum(r["verdict"] == v for r in rows) for v in ("supported", "contradicted", "not distinguishable")
     }
-    hw = float(np.nanmedian([r["comparison"].interval.half_width for r in rows]))
+    failed = sum(r["verdict"] == NOT_LEARNED for r in rows)
+    unmatched = sum(r["verdict"].startswith("speed-up not matched") for r in rows)
+    tested = [r for r in rows if r["verdict"] in counts]
+    widths = [r["comparison"].interval.half_width for r in tested]
+    hw = float(np.nanmedian(widths)) if widths else float("nan")
     text = (
         f"{what}: supported in {counts['supported']}, contradicted in {counts['contradicted']}, "
         f"not distinguishable in {counts['not distinguishable']} of {len(rows)} comparisons "
         f"(median 95% half-width ±{hw:.2f})."
     )
-    if counts["not distinguishable"] == len(rows):
+    if failed or unmatched:
+        text += (f" Not tested: {failed} with a model that did not learn ({NOT_LEARNED}), {unmatched} "
+                 f"whose achieved speed-ups differ by more than {SPEEDUP_MATCH:.0%}.")
+    if tested and counts["not distinguishable"] == len(tested):
         text += (
             f" The data cannot decide this claim: every interval contains 0, so differences smaller "
             f"than about ±{hw:.1f} cannot be resolved on these dev sets."
@@ -233,15 +292,7 @@ def build_claims(
     protocol = results.get("protocol", "crossfit")
     per = analyses if analyses is not None else analyse_tasks(results, n_boot, seed)
     ok = [n for n in per if per[n]["learned"].learned]
-    c1 = _adjust_rows(
-        [
-            r
-            for n in ok
-            if de3 in per[n]["analysis"].methods
-            for r in _claim1_rows(n, results["tasks"][n], per[n]["analysis"], de3)
-        ],
-        alpha,
-    )
+    c1 = _claim1(per, results, ok, de3, alpha)
     pairs = results.get("indicator_pairs", [])
     c2 = _adjust_rows([r for n in ok for r in _claim2_rows(n, per[n]["indicators"], pairs)], alpha)
     c4 = [
@@ -266,6 +317,8 @@ def build_claims(
                 "trivial": p["learned"].trivial,
                 "n_seeds": p["n_seeds"],
                 "note": p["analysis"].note,
+                "models": {m: {"learned": v["learned"].learned, "reasons": list(v["learned"].reasons),
+                               "per_layer": v["per_layer"]} for m, v in p.get("models", {}).items()},
             }
             for n, p in per.items()
         },
@@ -327,9 +380,30 @@ def _md_claim1(claims: dict) -> list[str]:
         out.append(
             f"| {r['task']} | {r['target']:g}× | {_iv(r['de3'])} ({r['de3_speedup'].estimate:.2f}×) | "
             f"{r['baseline']} {_iv(r['baseline_cell'])} ({r['baseline_speedup'].estimate:.2f}×) | "
-            f"{_diff(c)} | {c.q:.3f} | {r['verdict']}{warn} |"
+            f"{_diff(c)} | {_q(c)} | {r['verdict']}{warn} |"
         )
-    return out + ["", claims["summary"]["claim1"], "", claims["summary"]["claim1_all"], ""]
+    return out + ["", claims["summary"]["claim1"], "", claims["summary"]["claim1_all"], "",
+                  *_md_not_learned(claims)]
+
+
+def _q(c: st.Comparison) -> str:
+    """The BH-adjusted q, or '–' for a row that was not tested."""
+    return "–" if c.q is None else f"{c.q:.3f}"
+
+
+def _md_not_learned(claims: dict) -> list[str]:
+    """The trained models below their task's learned bar at the deepest exit, with their
+    per-layer figures: their comparisons read '{NOT_LEARNED}', never a verdict on the method."""
+    rows = [(n, m, v) for n, t in claims["tasks"].items() for m, v in t.get("models", {}).items()
+            if not v["learned"]]
+    if not rows:
+        return []
+    out = ["### Models that did not learn (training failures, not method verdicts)", "",
+           "| task | method | metric per layer (1 → L) | bar check at the deepest exit |",
+           "|---|---|---|---|"]
+    out += [f"| {n} | {m} | {', '.join(f'{x:.1f}' for x in v['per_layer'])} | {'; '.join(v['reasons'])} |"
+            for n, m, v in rows]
+    return out + [""]
 
 
 def _md_claim2(claims: dict) -> list[str]:
@@ -343,7 +417,7 @@ def _md_claim2(claims: dict) -> list[str]:
     for r in claims["claim2"]:
         out.append(
             f"| {r['task']} | {r['pair']} | {r['layer']} | {_iv(r['a'], 3)} | {_iv(r['b'], 3)} | "
-            f"{_diff(r['comparison'], 3)} | {r['comparison'].q:.3f} | {r['verdict']} |"
+            f"{_diff(r['comparison'], 3)} | {_q(r['comparison'])} | {r['verdict']} |"
         )
     return out + ["", claims["summary"]["claim2"], ""]
 

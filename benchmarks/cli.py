@@ -15,6 +15,7 @@ def cmd_run(args) -> int:
     from .profiles import Profile
     from .report import write_reports
     from .runner import Runner
+    from .sanity import run_sanity
 
     profile = with_execution(Profile.load(args.profile), args)
     layout = RunLayout.for_run(profile.name, args.out or None, args.plots_dir)
@@ -27,7 +28,9 @@ def cmd_run(args) -> int:
         return 0
     runner.run()
     paths = write_reports(layout)
-    print("\n".join(["", f"results: {layout.results}", *[f"report:  {p}" for p in paths]]))
+    print("\n".join(["", "sanity (each model's deepest exit vs single):",
+                     *[f"  {r.line()}" for r in run_sanity(layout)],
+                     "", f"results: {layout.results}", *[f"report:  {p}" for p in paths]]))
     return 0
 
 

@@ -58,6 +58,7 @@ from .executors import Executor, Job, LocalExecutor, Progress, RayExecutor
 from .layout import RunLayout
 from .profiles import Profile
 from .results import FULL, Results
+from .sanity import check_model
 
 
 def versions() -> dict:
@@ -480,9 +481,20 @@ class Runner:
                        f"(stage {at['stage']}, step {at['global_step']})")
         model = self.trained_model(task, recipe, seed)
         ds, tok = self.dev_set(task, seed)
-        self.record(task, recipe, seed, model, ds, tok)
+        rec = self.record(task, recipe, seed, model, ds, tok)
+        self.guard(task, recipe, seed, rec)
         self.flops(task, recipe, seed)
         self.times(task, recipe, seed, model, self.timing_items(ds))
+
+    def guard(self, task: str, recipe: str, seed: int, rec: dict) -> None:
+        """The sanity guard as the model finishes: a flag line when its deepest exit is more than
+        `sanity.GAP` points below `single`'s (when single's record is there already)."""
+        single = self.layout.record(task, "single", seed)
+        if recipe == "single" or not single.is_file():
+            return
+        row = check_model(task, recipe, seed, rec, load_record(single))
+        if row.flagged:
+            tqdm.write(f"[runner] sanity: {row.line()}")
 
     def timing_items(self, ds) -> list:
         """The dev samples every live timing and timing-model measurement uses (the first few)."""

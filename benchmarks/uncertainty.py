@@ -23,6 +23,7 @@ from de3bert.registry import METHODS
 from .analysis import indicator_scores
 from .layout import RunLayout
 from .results import FULL, precision_label, read_rows
+from .sanity import GAP, run_sanity, sanity_markdown
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,12 @@ def _seed_block(layout: RunLayout, task: str, seed: int, methods: list[str], rec
     L = recs["single"]["logits"].shape[0]
     out = {FULL: {"exits": np.full((1, labels.numel()), L),
                   "preds": replay_predictions(recs["single"], torch.full((1, labels.numel()), L)).numpy()}}
+    layers = {r: every_layer_predictions(rec) for r, rec in recs.items()}
     for m in methods:
         side = json.loads(layout.exits(task, m, seed).read_text())
         exits = torch.tensor(side["exit_layers"])
-        out[m] = {"exits": exits.numpy(), "preds": replay_predictions(recs[recipes[m]], exits).numpy()}
+        out[m] = {"exits": exits.numpy(), "preds": replay_predictions(recs[recipes[m]], exits).numpy(),
+                  "layers": layers[recipes[m]]}
     indicators = {}
     for recipe, rec in recs.items():
         if rec["logits"].shape[-1] > 1:
@@ -75,6 +78,12 @@ def _seed_block(layout: RunLayout, task: str, seed: int, methods: list[str], rec
                 if name in methods:
                     indicators[name] = {"score": score, "correct": correct}
     return out, indicators, labels.numpy(), L
+
+
+def every_layer_predictions(record: dict) -> np.ndarray:
+    """`[L, N]` predictions of a recorded model at each of its exits (the model checks read them)."""
+    L, n = record["logits"].shape[:2]
+    return replay_predictions(record, torch.arange(1, L + 1)[:, None].expand(L, n)).numpy()
 
 
 def run_inputs(layout: RunLayout, settings: Settings) -> dict:
@@ -239,7 +248,7 @@ def _train_settings(inputs: dict) -> str:
 
 
 def uncertainty_markdown(inputs: dict, per: dict, settings: Settings, seconds: float,
-                         passes: dict[str, float]) -> str:
+                         passes: dict[str, float], sanity: list | None = None) -> str:
     """tables/uncertainty.md: the run's tables with intervals, significance and trivial baselines."""
     main, abl = _main_methods(per)
     targets = sorted({t for task in inputs["tasks"].values() for t in task["targets"]})
@@ -270,6 +279,10 @@ def uncertainty_markdown(inputs: dict, per: dict, settings: Settings, seconds: f
            "Mean metric over speed-up targets from 1 to S_max (each method's own curve of operating "
            "points under the protocol; no envelope over knobs).", "", *auc_table(per, main)]
     md += [f"## {settings.subject} − each method", "", *difference_table(inputs, per, settings)]
+    md += ["## Sanity: each model's deepest exit vs `single`", "",
+           "A recipe's full-depth exit should score about as well as the plain fine-tune of the same "
+           f"backbone; more than {GAP:g} points below is flagged as a likely training failure.", "",
+           *sanity_markdown(sanity or [])]
     cost = ", ".join(f"{t} {passes[t]:.1f} s" for t in passes) or "not recorded"
     md += ["## Cost", "", f"This analysis: {seconds:.1f} s for {len(per)} task(s), from records and "
            f"exit files only; one full-depth recording pass per task: {cost}.", ""]
@@ -320,7 +333,7 @@ def write_uncertainty(layout: RunLayout) -> list:
     layout.tables.mkdir(parents=True, exist_ok=True)
     layout.plots.mkdir(parents=True, exist_ok=True)
     md = layout.tables / "uncertainty.md"
-    md.write_text(uncertainty_markdown(inputs, per, settings, seconds, passes))
+    md.write_text(uncertainty_markdown(inputs, per, settings, seconds, passes, run_sanity(layout)))
     claims = build_claims(inputs, de3=settings.subject, alpha=settings.alpha, n_boot=settings.replicates,
                           seed=settings.seed, analyses=per)
     claims["cost"] = {"analysis_seconds": seconds, "one_pass_seconds": passes}

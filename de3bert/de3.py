@@ -5,9 +5,11 @@ Every choice the paper's public summary leaves open is an option here with the s
   proto_dim = hidden size, gamma = 0.1, distance = euclidean, dar = protonet (T = 1),
   margin = 1.0, beta = 1.0, layer_weights = uniform, recompute_prototypes = false,
   proto_last_layer = false (prototypes and DAR on layers 1..L−1), lambda = 1.0,
-  entropy normalized by log C, r₂ = nearest *other* prototype.
-The earlier defaults (linear weights, recomputed prototypes, a prototype head at layer L) are the
-`de3-v1defaults` ablation.
+  entropy normalized by log C, r₂ = nearest *other* prototype, and DAR's own choices
+  (dar_distance, dar_temperature, dar_through; issue 25, docs/method.md).
+The earlier defaults are ablations: `de3-v1defaults` (linear weights, recomputed prototypes, a
+prototype head at layer L) and `de3-v2defaults` (DAR on plain Euclidean distances through the
+shared pooler, which collapsed CoLA's features).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .policy import (
     predictions,
     threshold_grid,
 )
-from .prototypes import PrototypeHeads
+from .prototypes import PrototypeHeads, pairwise_distance
 from .recipes import Recipe, Stage, all_parameters, task_loss
 
 EPS = 1e-12
@@ -50,8 +52,16 @@ class De3Options:
     """DAR form: CE over softmax(−d/T), or a hinge with margin μ."""
     distance: Literal["euclidean", "cosine"] = "euclidean"
     """Distance between a mapped feature and a prototype."""
-    temperature: float = 1.0
-    """T of the protonet DAR."""
+    dar_distance: Literal["squared", "euclidean", "cosine"] = "squared"
+    """Distance inside DAR's softmax: squared Euclidean (Snell et al. 2017, eq. 2 — a linear
+    classifier in the metric space whose margin grows with the features), plain Euclidean (the
+    v2 reconstruction) or cosine; the DR indicator keeps `distance`."""
+    dar_temperature: float = 1.0
+    """T > 0 of the protonet DAR: softmax(−d/T) (Snell et al.: T = 1)."""
+    dar_through: Literal["all", "projection", "own_pooler"] = "all"
+    """Where DAR's gradient goes: backbone + shared pooler + map g (all), the map g only
+    (projection: the metric space reads a detached pooled feature), or the backbone through a
+    pooler of the prototype branch's own (own_pooler: the classifiers' shared pooler is untouched)."""
     margin: float = 1.0
     """μ of the margin DAR."""
     proto_dim: int = 0
@@ -152,6 +162,26 @@ class EDRPolicy(ThresholdPolicy):
 
 
 # ---- the training objective ---------------------------------------------------------------------
+def dar_distances(z: torch.Tensor, prototypes: torch.Tensor, kind: str) -> torch.Tensor:
+    """`[N, C]` distances inside DAR (float32): `squared` is ‖z − c_k‖² as in Snell et al.; the
+    prototypes are buffers, so the gradient reaches z (and what produced it) only."""
+    if kind == "squared":
+        return (float32(z)[:, None, :] - float32(prototypes)[None]).pow(2).sum(-1)
+    return pairwise_distance(z, prototypes, kind)
+
+
+def _dar_input(signals: dict, prototypes: torch.Tensor, kind: str, indicator_distance: str) -> torch.Tensor:
+    """DAR's distances from the metric-space features a training pass emits (`_z`); an eval pass
+    has only the indicator's `proto_dist`, which serves when it is the same distance (or its root)."""
+    if "_z" in signals:
+        return dar_distances(signals["_z"], prototypes, kind)
+    if kind == indicator_distance:
+        return signals["proto_dist"]
+    if kind == "squared" and indicator_distance == "euclidean":
+        return signals["proto_dist"].pow(2)
+    raise ValueError(f"DAR on {kind} distances needs the features of a training pass")
+
+
 def dar_loss(proto_dist: torch.Tensor, labels: torch.Tensor, kind: str, temperature: float,
              margin: float) -> torch.Tensor:
     """Distance-aware regularization: pull a sample to its class prototype, push it from others."""
@@ -173,8 +203,9 @@ def de3_loss(model: MultiExitModel, signals, labels, step) -> torch.Tensor:
         w = float(m + 1) if opts["layer_weights"] == "linear" else 1.0
         term = task_loss(s["logits"], labels)
         if opts["beta"] > 0 and heads.has_protos(m + 1) and bool(heads.proto_set[m].all()):
-            term = term + opts["beta"] * dar_loss(s["proto_dist"], labels, opts["dar"],
-                                                  opts["temperature"], opts["margin"])
+            dist = _dar_input(s, heads.prototypes[m], opts["dar_distance"], opts["distance"])
+            term = term + opts["beta"] * dar_loss(dist, labels, opts["dar"],
+                                                  opts["dar_temperature"], opts["margin"])
         total, norm = total + w * term, norm + w
     return total / norm
 
@@ -195,7 +226,17 @@ class De3(Recipe):
             raise ValueError("DE³-BERT needs classes (prototypes); regression tasks are not supported")
         return PrototypeHeads(encoder, meta["num_labels"], meta["pooling"], proto_dim=meta["proto_dim"],
                               protonet=meta["protonet"], gamma=meta["gamma"], distance=meta["distance"],
-                              last_layer=meta["proto_last_layer"])
+                              last_layer=meta["proto_last_layer"], through=meta["dar_through"])
+
+    def parse_options(self, values):
+        """The typed options, plus the checks a type cannot express (T > 0, a map to train)."""
+        opts = super().parse_options(values)
+        if not opts.dar_temperature > 0:
+            raise ValueError(f"recipe {self.name}: option dar_temperature={opts.dar_temperature} must be > 0")
+        if opts.dar_through == "projection" and not opts.protonet:
+            raise ValueError(f"recipe {self.name}: dar_through=projection needs a prototype projection "
+                             "(protonet: true); with the identity map DAR would train nothing")
+        return opts
 
     def stages(self):
         return [Stage("joint", all_parameters, de3_loss)]
@@ -221,6 +262,14 @@ class De3V1Defaults(De3):
     overrides = {"layer_weights": "linear", "recompute_prototypes": True, "proto_last_layer": True}
 
 
+class De3V2Defaults(De3):
+    """Ablation: the defaults before issue 25 (DAR = softmax over plain Euclidean distances,
+    T = 1, its gradient through the shared pooler every classifier reads)."""
+
+    name = "de3-v2defaults"
+    overrides = {"dar_distance": "euclidean", "dar_temperature": 1.0, "dar_through": "all"}
+
+
 class De3NoProtonet(De3):
     """Ablation w/o prototypical network: g = identity, distances on the pooled feature."""
 
@@ -241,6 +290,9 @@ ABLATIONS = {m.name: m for m in (
            {"lam": 1.0}, family="de3", ablation_of="de3"),
     Method("de3-v1defaults", "de3-v1defaults", EDRPolicy,
            "DE³ with the earlier defaults (linear weights, recomputed prototypes, prototypes at layer L)",
+           {"lam": 1.0}, family="de3", ablation_of="de3"),
+    Method("de3-v2defaults", "de3-v2defaults", EDRPolicy,
+           "DE³ with the v2 DAR (plain Euclidean softmax through the shared pooler)",
            {"lam": 1.0}, family="de3", ablation_of="de3"),
     *(Method(f"de3-lambda{lam:g}", "de3", EDRPolicy, f"DE³ λ sweep: λ = {lam:g}", {"lam": lam},
              family="de3", ablation_of="de3") for lam in (0.25, 0.5, 2.0, 4.0)),

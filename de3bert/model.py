@@ -165,7 +165,12 @@ class ClassifierHeads(ExitHeads):
     def pooled(self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor,
                state: dict | None = None) -> torch.Tensor:
         """Layer `layer`'s pooled feature `[N, H]`; `state` (optional) caches mean-pooling weights."""
-        module, dense = self.pooler(layer), self._pooler_dense[layer - 1]
+        dense = self._pooler_dense[layer - 1]
+        return self.pool_with(self.pooler(layer), dense, hidden, attention_mask, state)
+
+    def pool_with(self, module: nn.Module, dense: nn.Linear | None, hidden: torch.Tensor,
+                  attention_mask: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        """The pooled feature through pooler `module` (`dense`: its dense layer if dense + tanh)."""
         if self.pooler_on_tokens:
             return torch.tanh(linear(dense, hidden[:, 0])) if dense is not None else pool(
                 hidden, attention_mask, "cls", module)

@@ -13,8 +13,9 @@ RECIPES.add("de3", "de3bert.de3:De3")
 RECIPES.add("de3-nodar", "de3bert.de3:De3NoDar")
 RECIPES.add("de3-noproto", "de3bert.de3:De3NoProtonet")
 RECIPES.add("de3-v1defaults", "de3bert.de3:De3V1Defaults")
+RECIPES.add("de3-v2defaults", "de3bert.de3:De3V2Defaults")
 
 METHODS.add("de3", "de3bert.de3:METHOD")
-for _name in ("de3-entropy", "de3-dr", "de3-nodar", "de3-noproto", "de3-v1defaults",
+for _name in ("de3-entropy", "de3-dr", "de3-nodar", "de3-noproto", "de3-v1defaults", "de3-v2defaults",
               "de3-lambda0.25", "de3-lambda0.5", "de3-lambda2", "de3-lambda4"):
     METHODS.add(_name, f"de3bert.de3:ABLATIONS[{_name}]")

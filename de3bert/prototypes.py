@@ -7,6 +7,7 @@ all-reduced first so every replica holds the same prototypes.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 
-from .model import ClassifierHeads, linear
+from .model import ClassifierHeads, dense_of_tanh_pooler, linear
 from .policy import float32
 
 
@@ -62,8 +63,11 @@ class PrototypeHeads(ClassifierHeads):
     """
 
     def __init__(self, encoder, num_labels: int, pooling: str, proto_dim: int = 0, protonet: bool = True,
-                 gamma: float = 0.1, distance: str = "euclidean", last_layer: bool = False):
+                 gamma: float = 0.1, distance: str = "euclidean", last_layer: bool = False,
+                 through: str = "all"):
         super().__init__(encoder, num_labels, pooling, poolers="shared")
+        if through not in ("all", "projection", "own_pooler"):
+            raise ValueError(f"unknown dar_through {through!r}; valid: all, projection, own_pooler")
         if not 0.0 < gamma <= 1.0:
             raise ValueError(f"gamma={gamma} must be in (0, 1]")
         hidden = encoder.hidden_size
@@ -73,6 +77,11 @@ class PrototypeHeads(ClassifierHeads):
         self.proto_layers = self.num_layers if last_layer else self.num_layers - 1
         self.projections = nn.ModuleList(
             (nn.Linear(hidden, dim) if protonet else nn.Identity()) for _ in range(self.proto_layers))
+        self.through = through
+        # own_pooler: the metric space reads a pooler of its own (a copy of the shared one), so
+        # DAR's gradient reaches the backbone without reshaping the classifiers' shared pooler
+        self.proto_pooler = copy.deepcopy(self.pooler(1)) if through == "own_pooler" else None
+        self._proto_dense = [dense_of_tanh_pooler(self.proto_pooler)] if self.proto_pooler is not None else []
         self.register_buffer("prototypes", torch.zeros(self.num_layers, num_labels, dim))
         self.register_buffer("proto_set", torch.zeros(self.num_layers, num_labels, dtype=torch.bool))
 
@@ -87,12 +96,22 @@ class PrototypeHeads(ClassifierHeads):
             # no prototypes at layer L: distances 0 (DR = ½), never read (layer L always exits)
             out["proto_dist"] = h.new_zeros(h.shape[0], self.num_labels, dtype=torch.float32)
             return out
-        g = self.projections[layer - 1]
-        z = linear(g, h) if isinstance(g, nn.Linear) else g(h)  # g = identity: de3-noproto
+        z = self.metric_feature(layer, h, hidden, attention_mask, state)
         out["proto_dist"] = pairwise_distance(z, self.prototypes[layer - 1], self.distance)
         if self.training:
             out["_z"] = z  # for DAR and the EMA update; never recorded
         return out
+
+    def metric_feature(self, layer: int, h: torch.Tensor, hidden: torch.Tensor,
+                       attention_mask: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        """z = g⁽ᵐ⁾(pooled feature) in the metric space; which pooled feature (and so where DAR's
+        gradient goes) is `through`: the shared one `h`, `h` detached, or the own pooler's."""
+        if self.through == "own_pooler":
+            h = self.pool_with(self.proto_pooler, self._proto_dense[0], hidden, attention_mask, state)
+        elif self.through == "projection":
+            h = h.detach()
+        g = self.projections[layer - 1]
+        return linear(g, h) if isinstance(g, nn.Linear) else g(h)  # g = identity: de3-noproto
 
     @torch.no_grad()
     def ema_update(self, z_per_layer: list[torch.Tensor], labels: torch.Tensor) -> None:
@@ -126,7 +145,8 @@ class PrototypeHeads(ClassifierHeads):
                                                 batch.get("token_type_ids"), heads="none"):
                 if not self.has_protos(layer):
                     continue
-                z = self.projections[layer - 1](self.pooled(layer, p.hidden, p.attention_mask)).float()
+                h = self.pooled(layer, p.hidden, p.attention_mask)
+                z = self.metric_feature(layer, h, p.hidden, p.attention_mask).float()
                 total[layer - 1] += onehot.T @ z
                 count[layer - 1] += onehot.sum(0)
         if dist.is_available() and dist.is_initialized():

@@ -113,13 +113,43 @@ def _straddling_pair(sp: dict[float, float], target: float) -> tuple[float, floa
     return min(pairs, key=lambda ab: min(sp[ab[0]], sp[ab[1]], key=lambda s: abs(s - target)))
 
 
+NEIGHBOUR_STEP = 0.01  # neighbouring knobs near a target differ by less than 1% in speed-up
+NEIGHBOUR_BAND = 0.15  # ... within ±15% of the target (where cross-fitted folds choose)
+
+
+def _densify(policy: _Replayable, record: dict, sp: dict[float, float], target: float,
+             budget: int) -> None:
+    """Bisect neighbouring knobs whose speed-ups both touch [t/(1+b), t·(1+b)] and differ by more
+    than `NEIGHBOUR_STEP` (relative), so a cross-fitted fold finds a knob close to the target and
+    two methods compare at matched speed-ups; a pair whose midpoint is not a new float is a cliff
+    in the method's curve (no knob can match there), left as it is."""
+    lo, hi, L = target / (1 + NEIGHBOUR_BAND), target * (1 + NEIGHBOUR_BAND), policy.num_layers
+    cliffs: set[tuple[float, float]] = set()
+    for _ in range(budget):
+        values = sorted(sp)
+        gaps = [(a, b) for a, b in zip(values, values[1:], strict=False) if (a, b) not in cliffs
+                and max(sp[a], sp[b]) >= lo and min(sp[a], sp[b]) <= hi
+                and abs(sp[a] - sp[b]) > NEIGHBOUR_STEP * min(sp[a], sp[b])]
+        if not gaps:
+            return
+        a, b = max(gaps, key=lambda ab: abs(sp[ab[0]] - sp[ab[1]]))
+        mid = (a + b) / 2
+        if mid in (a, b) or mid in sp:
+            cliffs.add((a, b))
+            continue
+        sp[mid] = layer_speedups(policy.replay(record, [mid]), L)[0]
+
+
 def refine_grid(policy: _Replayable, record: dict[str, torch.Tensor], grid: list[float],
-                targets: list[float], rounds: int = 12, tolerance: float = 0.02) -> list[float]:
+                targets: list[float], rounds: int = 12, tolerance: float = 0.02,
+                neighbours: int = 48) -> list[float]:
     """Add knob values (by bisection) where the layer speed-up jumps over a target.
 
     A fixed grid can step from 1.25× straight to 4× when a model's scores bunch up; bisecting
     between the two neighbouring knob values finds an operating point within `tolerance` of the
-    target (or stops after `rounds`). Integer knobs are left alone. Returns the sorted grid.
+    target (or stops after `rounds`); then up to `neighbours` more knobs per target make
+    neighbouring speed-ups near it differ by < 1% wherever the scores allow (`_densify`).
+    Integer knobs are left alone. Returns the sorted grid.
     """
     if getattr(policy.knob, "integer", False) or len(grid) < 2:
         return list(grid)
@@ -137,4 +167,5 @@ def refine_grid(policy: _Replayable, record: dict[str, torch.Tensor], grid: list
             if mid in sp:
                 break
             sp[mid] = layer_speedups(policy.replay(record, [mid]), L)[0]
+        _densify(policy, record, sp, target, neighbours)
     return sorted(sp)

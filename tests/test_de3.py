@@ -166,24 +166,86 @@ def test_dar_hand_computed():
 
 def test_de3_loss_is_the_weighted_sum():
     g = torch.Generator().manual_seed(0)
-    signals = [{"logits": torch.randn(6, 3, generator=g), "proto_dist": torch.rand(6, 3, generator=g) * 3}
+    signals = [{"logits": torch.randn(6, 3, generator=g), "_z": torch.randn(6, 5, generator=g)}
                for _ in range(4)]
+    protos = torch.randn(4, 3, 5, generator=g)
     y = torch.tensor([0, 1, 2, 0, 1, 2])
     meta = {**asdict(De3Options()), "beta": 0.5, "layer_weights": "linear"}
-    model = SimpleNamespace(meta=meta, heads=SimpleNamespace(proto_set=torch.ones(4, 3, dtype=torch.bool),
-                                                             has_protos=lambda layer: True))
-    terms = [F.cross_entropy(s["logits"], y) + 0.5 * F.cross_entropy(-s["proto_dist"], y) for s in signals]
+    heads = SimpleNamespace(proto_set=torch.ones(4, 3, dtype=torch.bool), prototypes=protos,
+                            has_protos=lambda layer: True)
+    model = SimpleNamespace(meta=meta, heads=heads)
+
+    def dar(m: int, squared: bool = True) -> torch.Tensor:
+        d = torch.cdist(signals[m]["_z"], protos[m])  # the default is Snell et al.'s squared distance
+        return F.cross_entropy(-(d**2 if squared else d), y)
+
+    terms = [F.cross_entropy(s["logits"], y) + 0.5 * dar(m) for m, s in enumerate(signals)]
     expected = sum((m + 1) * t for m, t in enumerate(terms)) / 10
-    assert de3_loss(model, signals, y, 0).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert de3_loss(model, signals, y, 0).item() == pytest.approx(expected.item(), rel=1e-5)
+    # the v2 reconstruction: plain Euclidean distances, temperature 2
+    model.meta = {**meta, "dar_distance": "euclidean", "dar_temperature": 2.0}
+    v2 = [F.cross_entropy(s["logits"], y) + 0.5 * F.cross_entropy(
+        -torch.cdist(s["_z"], protos[m]) / 2, y) for m, s in enumerate(signals)]
+    assert de3_loss(model, signals, y, 0).item() == pytest.approx(
+        (sum((m + 1) * t for m, t in enumerate(v2)) / 10).item(), rel=1e-5)
+    model.meta = meta
     # unset prototypes at a layer: that layer has no DAR term
     model.heads.proto_set[1, 2] = False
     terms[1] = F.cross_entropy(signals[1]["logits"], y)
     expected = sum((m + 1) * t for m, t in enumerate(terms)) / 10
-    assert de3_loss(model, signals, y, 0).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert de3_loss(model, signals, y, 0).item() == pytest.approx(expected.item(), rel=1e-5)
     # uniform layer weights
     model.meta = {**meta, "layer_weights": "uniform", "beta": 0.0}
     expected = sum(F.cross_entropy(s["logits"], y) for s in signals) / 4
     assert de3_loss(model, signals, y, 0).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def _dar_gradients(tiny_encoder, synthetic_loader, through: str) -> dict[str, bool]:
+    """Which parts get a gradient from the DAR term alone (β·DAR with the CE terms removed)."""
+    torch.manual_seed(0)
+    model = get_recipe("de3").build(tiny_encoder(seed=1), {"num_labels": 2, "pooling": "mean",
+                                                            "dar_through": through})
+    batch = next(iter(synthetic_loader(16)))
+    model.train()
+    signals = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    model.heads.after_step(signals, batch["labels"])  # sets the prototypes
+    signals = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    de3_loss(model, [{**s, "logits": s["logits"].detach()} for s in signals], batch["labels"], 0).backward()
+
+    def touched(params) -> bool:
+        return any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+
+    heads = model.heads
+    return {"encoder": touched(model.encoder.parameters()),
+            "shared_pooler": touched(heads.pooler(1).parameters()),
+            "projection": touched(heads.projections.parameters()),
+            "own_pooler": heads.proto_pooler is not None and touched(heads.proto_pooler.parameters())}
+
+
+@pytest.mark.parametrize("through, expected", [
+    ("all", {"encoder": True, "shared_pooler": True, "projection": True, "own_pooler": False}),
+    ("projection", {"encoder": False, "shared_pooler": False, "projection": True, "own_pooler": False}),
+    ("own_pooler", {"encoder": True, "shared_pooler": False, "projection": True, "own_pooler": True}),
+])
+def test_dar_through_decides_where_the_dar_gradient_goes(tiny_encoder, synthetic_loader, through, expected):
+    """Issue 25: DAR through the shared pooler reshaped what every classifier reads; `projection`
+    and `own_pooler` keep its gradient away from the shared pooler."""
+    assert _dar_gradients(tiny_encoder, synthetic_loader, through) == expected
+
+
+def test_bad_dar_options_fail_before_training(tiny_encoder):
+    build = get_recipe("de3").build
+    meta = {"num_labels": 2, "pooling": "mean"}
+    with pytest.raises(ValueError, match="dar_distance='manhatan' is not one of: squared, euclidean, cosine"):
+        build(tiny_encoder(), {**meta, "dar_distance": "manhatan"})
+    with pytest.raises(ValueError, match="dar_through='pooler' is not one of: all, projection, own_pooler"):
+        build(tiny_encoder(), {**meta, "dar_through": "pooler"})
+    with pytest.raises(ValueError, match="dar_temperature=0.0 must be > 0"):
+        get_recipe("de3").parse_options({"dar_temperature": 0})
+    with pytest.raises(ValueError, match="did you mean 'dar_through'"):
+        get_recipe("de3").parse_options({"dar_thru": "all"})
+    with pytest.raises(ValueError, match="protonet"):
+        get_recipe("de3").parse_options({"dar_through": "projection", "protonet": False})
 
 
 def test_pairwise_distance():

@@ -295,7 +295,8 @@ def test_de3_no_dar_at_the_last_layer():
     sig = [{"logits": torch.randn(6, C, generator=g), "proto_dist": torch.rand(6, C, generator=g)}
            for _ in range(L)]
     y = torch.randint(0, C, (6,), generator=g)
-    terms = [F.cross_entropy(s["logits"], y) + (F.cross_entropy(-s["proto_dist"], y) if m < L - 1 else 0)
+    # an eval pass carries the indicator's Euclidean `proto_dist`; DAR squares it (its default)
+    terms = [F.cross_entropy(s["logits"], y) + (F.cross_entropy(-s["proto_dist"] ** 2, y) if m < L - 1 else 0)
              for m, s in enumerate(sig)]
     assert de3_loss(model, sig, y, 0).item() == pytest.approx((sum(terms) / L).item(), rel=1e-6)
     ids, mask, _ = _batch()

@@ -82,6 +82,37 @@ def test_refine_grid_bisects_until_a_point_lies_near_each_target():
     assert all(a <= b + 1e-12 for a, b in zip(after, after[1:], strict=False))
 
 
+def test_refine_grid_makes_neighbouring_speedups_near_a_target_differ_by_under_one_percent():
+    """Issue 25: a grid that lands one method at 2.39× while another is at 2.04× compares them as
+    equals; near every target, neighbouring knobs must differ by < 1% in speed-up."""
+    g = torch.Generator().manual_seed(1)
+    n, L = 1463, 6
+    s = torch.rand(L, n, generator=g)
+    record = {"labels": torch.zeros(n, dtype=torch.long), "logits": torch.zeros(L, n, 2), "s": s}
+    policy = _Score(2, L)
+    coarse = [0.0, 0.25, 0.5, 0.75, 1.0]
+    grid = refine_grid(policy, record, coarse, [2.0], neighbours=0)
+    sp = layer_speedups(policy.replay(record, grid), L)
+    near = [(a, b) for a, b in zip(sp, sp[1:], strict=False) if max(a, b) >= 2.0 / 1.15 and min(a, b) <= 2.3]
+    assert any(abs(b - a) > 0.01 * min(a, b) for a, b in near)  # the old rule leaves wide steps
+    grid = refine_grid(policy, record, coarse, [2.0])
+    sp = layer_speedups(policy.replay(record, grid), L)
+    near = [(a, b) for a, b in zip(sp, sp[1:], strict=False) if max(a, b) >= 2.0 / 1.15 and min(a, b) <= 2.3]
+    assert near and all(abs(b - a) <= 0.01 * min(a, b) for a, b in near)
+
+
+def test_refine_grid_leaves_a_cliff_that_no_knob_can_bridge():
+    """Every sample has the same score: the speed-up jumps 1× → 6× at one knob value, and no
+    bisection can put a point in between (the claims mark such a comparison as not matched)."""
+    n, L = 50, 6
+    record = {"labels": torch.zeros(n, dtype=torch.long), "logits": torch.zeros(L, n, 2),
+              "s": torch.full((L, n), 0.3)}
+    policy = _Score(2, L)
+    grid = refine_grid(policy, record, [0.0, 0.5, 1.0], [2.0])
+    sp = layer_speedups(policy.replay(record, grid), L)
+    assert len(grid) < 200 and not any(1.01 < v < 5.9 for v in sp)
+
+
 def test_heads_bound_prices_only_the_heads_a_live_pass_runs():
     """The benchmark's bound: embeddings, layers and heads up to the exit against the plain model of
     the same measurement; heads below the policy's first exit layer cost nothing."""
