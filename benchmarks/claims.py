@@ -42,8 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from de3bert import stats as st
-from de3bert.seedsplit import SeedSplit, pool_seeds
+from .stats import bootstrap as st
+from .stats.seedsplit import SeedSplit, pool_seeds
 
 NOT_BASELINES = ("oracle",)  # used only when the input names no `baselines` (hand-made inputs)
 

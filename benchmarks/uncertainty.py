@@ -2,7 +2,7 @@
 points, paired bootstrap intervals, significance, trivial baselines and the claims report.
 
 Reads only `records/` and `exits/` (no model runs). The selection protocol and bootstrap settings
-come from the run's profile (`selection`, `bootstrap`); the statistics are `de3bert.stats`.
+come from the run's profile (`selection`, `bootstrap`); the statistics are `benchmarks.stats`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from de3bert import stats as st
 from de3bert.engine import replay_predictions
 from de3bert.record import load_record
 from de3bert.registry import METHODS
@@ -24,6 +23,7 @@ from .analysis import indicator_scores
 from .layout import RunLayout
 from .results import FULL, precision_label, read_rows
 from .sanity import GAP, run_sanity, sanity_markdown
+from .stats import bootstrap as st
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import false_discovery_control
 
-from de3bert import stats as st
+from benchmarks.stats import bootstrap as st
 from de3bert.metrics import glue_metrics
 
 L = 6
@@ -55,6 +55,31 @@ def pair():
     flip = rng.random(labels.size) < 0.05
     b_preds = np.where(flip[None] & (a.preds == labels[None]), 1 - labels[None], a.preds)
     return labels, a, st.MethodRecord(a.exits, b_preds)
+
+
+@pytest.mark.parametrize("name", list(glue_metrics.__globals__["METRICS"]))
+def test_every_metric_has_one_definition_the_scorer_and_the_bootstrap_agree_on(name):
+    """Issue 26: one metric table; its exact scorer and its additive statistics agree on random
+    inputs for every metric, and every metric has a learned-task bar (else claims would crash)."""
+    rng = np.random.default_rng(7)
+    for trial in range(5):
+        n = int(rng.integers(20, 200))
+        if name in ("pearson", "spearman"):
+            y = rng.normal(size=n).round(1)
+            p = y * rng.uniform(-1, 1) + rng.normal(size=n)
+        else:
+            y = rng.integers(0, 3 if name in ("mcc", "accuracy", "accuracy_mm") else 2, n)
+            p = np.where(rng.random(n) < 0.7, y, rng.integers(0, 3 if name != "f1" else 2, n))
+        exact = 100 * glue_metrics.__globals__["METRICS"][name].score(p, y)  # unrounded
+        assert st.METRICS[name](p, y) == pytest.approx(exact, abs=1e-9), trial
+    assert name in st.DEFAULT_BARS
+
+
+def test_a_metric_without_statistics_is_refused_at_definition():
+    from de3bert.metrics import Metric
+
+    with pytest.raises(ValueError, match="metric 'bleu': stats must be given"):
+        Metric("bleu", lambda p, y: 0.0, None, lambda x, y, n: x)
 
 
 def test_metrics_match_glue_metrics():
@@ -445,7 +470,7 @@ def test_undefined_auroc_rows_do_not_leak_into_other_rows():
 def test_a_method_on_the_first_seed_only_is_compared_on_that_seed():
     """`pool_seeds`: methods on every seed are pooled over seeds; a first-seed-only method's cells
     and every comparison involving it come from the first seed's own (paired) analysis."""
-    from de3bert.seedsplit import SeedSplit, pool_seeds
+    from benchmarks.stats.seedsplit import SeedSplit, pool_seeds
 
     rng = np.random.default_rng(9)
     labels = rng.integers(0, 2, 400)
@@ -476,7 +501,7 @@ def test_a_method_on_the_first_seed_only_is_compared_on_that_seed():
 
 
 def st_subset(a, methods):
-    from de3bert.seedsplit import subset
+    from benchmarks.stats.seedsplit import subset
 
     return subset(a, methods)
 
@@ -485,7 +510,7 @@ def test_claim_rows_take_cells_and_difference_from_the_same_seeds():
     """A claims row comparing DE³ with a first-seed-only baseline shows both cells from that seed,
     the seed its difference is made on (not DE³'s pooled cell next to a first-seed difference)."""
     from benchmarks.claims import _claim1_rows
-    from de3bert.seedsplit import pool_seeds
+    from benchmarks.stats.seedsplit import pool_seeds
 
     rng = np.random.default_rng(4)
     labels = rng.integers(0, 2, 300)

@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats as sps
 
-from .speedup import choose_knobs
-from .speedup import speedups_along_last_axis as layer_speedup
+from de3bert.metrics import METRICS as METRIC_TABLE
+from de3bert.metrics import Metric as MetricSpec
+from de3bert.speedup import choose_knobs
+from de3bert.speedup import speedups_along_last_axis as layer_speedup
 
 PROTOCOLS = ("crossfit", "dev", "train-holdout")
 PROTOCOL_LABELS = {
@@ -53,78 +55,26 @@ def _blas_threads(n: int | None):
 # ----------------------------------------------------------------------------------------- metrics
 
 
-def _f1_from_stats(x: np.ndarray, y: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """F1 of class 1 from (tp, fp) and Σ y: additive stats make resampling a matrix product."""
-    tp, fp = x[..., 0], x[..., 1]
-    fn = y[..., 0] - tp
-    den = 2 * tp + fp + fn
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, 200.0 * tp / den, 0.0)
-
-
-def _mcc_from_stats(x: np.ndarray, y: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Multi-class MCC (sklearn's formula) from correct count and per-class predicted/true counts."""
-    c, p = x[..., 0], x[..., 1:]
-    cov_tp = c * n - (p * y).sum(-1)
-    cov_pp = n * n - (p * p).sum(-1)
-    cov_tt = n * n - (y * y).sum(-1)
-    den = np.sqrt(np.clip(cov_pp * cov_tt, 0.0, None))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, 100.0 * cov_tp / den, 0.0)
-
-
-def _pearson_from_stats(x: np.ndarray, y: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Pearson r (percent) from Σp, Σp², Σpy, Σy, Σy² of centred values; 0 for constant preds."""
-    sp, spp, spy = x[..., 0], x[..., 1], x[..., 2]
-    sy, syy = y[..., 0], y[..., 1]
-    vp, vy = n * spp - sp * sp, n * syy - sy * sy
-    den = np.sqrt(np.clip(vp * vy, 0.0, None))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ok = (vp > 1e-12 * np.maximum(n * spp, 1e-300)) & (den > 0)
-        return np.where(ok, 100.0 * (n * spy - sp * sy) / np.where(ok, den, 1.0), 0.0)
-
-
-def _build_stats(name: str, preds: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample sufficient statistics: X [S, K, N] (knob-dependent) and Y [R, N] (labels only)."""
-    preds, labels = np.atleast_2d(preds), np.asarray(labels)
-    if name == "accuracy":
-        return (preds == labels)[None].astype(np.float64), np.zeros((0, labels.size))
-    if name == "f1":
-        pos, y = preds == 1, (labels == 1)
-        return np.stack([pos & y, pos & ~y]).astype(np.float64), y[None].astype(np.float64)
-    if name == "mcc":
-        classes = np.unique(np.concatenate([labels, preds.ravel()]))
-        x = [(preds == labels)] + [preds == c for c in classes]
-        return np.stack(x).astype(np.float64), np.stack([labels == c for c in classes]).astype(np.float64)
-    if name == "pearson":
-        p = preds.astype(np.float64) - preds.mean()
-        y = labels.astype(np.float64) - labels.mean()
-        return np.stack([p, p * p, p * y[None]]), np.stack([y, y * y])
-    raise KeyError(f"no vectorised statistics for {name!r}")
-
-
-_FINISH = {
-    "accuracy": lambda x, y, n: np.where(n > 0, 100.0 * x[..., 0] / np.maximum(n, _EPS), 0.0),
-    "f1": _f1_from_stats,
-    "mcc": _mcc_from_stats,
-    "pearson": _pearson_from_stats,
-}
-
-
 @dataclass(frozen=True)
 class Metric:
-    """A headline metric (percent) that the bootstrap can evaluate from additive statistics."""
+    """A headline metric (percent) that the bootstrap evaluates from additive statistics; the
+    definition (scorer, statistics, finish) is the one in `de3bert.metrics.METRICS`."""
 
     name: str
 
+    @property
+    def spec(self) -> MetricSpec:
+        """The metric's one definition."""
+        return METRIC_TABLE[self.name]
+
     def __call__(self, preds, labels) -> float:
         """Metric of one set of predictions, in percent like ``glue_metrics``."""
-        x, y = _build_stats(self.name, np.asarray(preds)[None], np.asarray(labels))
+        x, y = self.spec.stats(np.asarray(preds)[None], np.asarray(labels))
         n = np.float64(np.asarray(labels).size)
-        return float(_FINISH[self.name](x.sum(-1)[:, 0], y.sum(-1), n))
+        return float(self.spec.finish(x.sum(-1)[:, 0], y.sum(-1), n))
 
 
-METRICS: dict[str, Metric] = {name: Metric(name) for name in _FINISH}
+METRICS: dict[str, Metric] = {name: Metric(name) for name in METRIC_TABLE}
 
 
 def as_metric(metric: str | Callable) -> Callable:
@@ -264,7 +214,7 @@ def _prepare(rec: MethodRecord, labels: np.ndarray, metric: Callable, order: np.
     exits = np.asarray(rec.exits, dtype=np.float64)
     K, N = exits.shape
     if isinstance(metric, Metric):
-        x, y = _build_stats(metric.name, np.asarray(rec.preds), labels)
+        x, y = metric.spec.stats(np.atleast_2d(np.asarray(rec.preds)), np.asarray(labels))
     else:
         x, y = np.zeros((0, K, N)), np.zeros((0, N))
     mat = np.ascontiguousarray(np.concatenate([exits, x.reshape(-1, N), y])[:, order], dtype=dtype)
@@ -314,7 +264,7 @@ def _score_batch(knobs, sums, prep, L, metric, labels, idx, folds) -> tuple[np.n
     if isinstance(metric, Metric):
         X = sum(s[:, K:K + S * K].reshape(-1, S, K)[rows, :, knobs[..., f]] for f, (_, s) in enumerate(sums))
         Y = sum(s[:, K + S * K:] for _, s in sums)[:, None, :]
-        return _FINISH[metric.name](X, Y, n_tot), speed
+        return metric.spec.finish(X, Y, n_tot), speed
     fold_of = np.broadcast_to(folds[idx][:, None, :], (*knobs.shape[:2], idx.shape[1]))
     kk = np.take_along_axis(knobs, fold_of, 2)
     p = prep.preds[kk, idx[:, None, :]]
@@ -743,6 +693,8 @@ DEFAULT_BARS: dict[str, dict[str, float]] = {
     "f1": {"above_trivial": 3.0, "accuracy_above_majority": 8.0},
     "mcc": {"at_least": 25.0},
     "pearson": {"at_least": 80.0},
+    "accuracy_mm": {"above_trivial": 10.0},
+    "spearman": {"at_least": 80.0},
 }
 
 

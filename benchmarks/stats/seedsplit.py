@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .stats import Analysis, Comparison, Interval, hierarchical_bootstrap
+from .bootstrap import Analysis, Comparison, Interval, hierarchical_bootstrap
 
 
 def subset(a: Analysis, methods: Sequence[str]) -> Analysis:
