@@ -12,11 +12,78 @@ from pathlib import Path
 import yaml
 
 from de3bert.data import get_task, load_examples
+from de3bert.options import parse_options
 from de3bert.precision import check_precision
 from de3bert.recipes import settings_for
 from de3bert.registry import METHODS, get_recipe, unknown_name
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """The profile's `timing:` block (live wall-clock runs at the operating points)."""
+
+    samples: int = 64
+    """Dev samples every live timing uses (the first ones)."""
+    repeats: int = 3
+    """Timed repetitions (the median is reported)."""
+    warmup: int = 4
+    """Untimed passes first."""
+    batch_size: int = 32
+    """Batch of the batched (shrinking) timing."""
+    methods: str | list = "all"
+    """`all`, `main` (methods that are not ablations) or a list of method names."""
+    seeds: str = "all"
+    """`all` or `first` (time each task's first seed only)."""
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    """The profile's `bootstrap:` block (how the uncertainty tables and claims are computed)."""
+
+    replicates: int = 1000
+    """Bootstrap replicates."""
+    seed: int = 0
+    """Seed of the resampling and of the cross-fit folds."""
+    ci: str = "percentile"
+    """Interval method: percentile or BCa."""
+    alpha: float = 0.05
+    """Significance level after Benjamini–Hochberg control."""
+    subject: str = "de3"
+    """The method whose claims the report checks."""
+
+
+_MIN = {"samples": 1, "repeats": 1, "warmup": 0, "batch_size": 1, "replicates": 1, "train_limit": 0,
+        "grad_accum_steps": 1, "max_seq_length": 8, "checkpoint_every": 1, "group_by_length": 0}
+_POSITIVE = ("lr", "epochs")
+
+
+def _typed(cls: type, values, where: str):
+    """`values` as an instance of `cls`: unknown keys (with did-you-mean), wrong types and values
+    below their minimum fail with the key named (`de3bert.options.parse_options`)."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} must be a mapping, got {values!r}")
+    opts = parse_options(cls, values, where)
+    for key in values:
+        value = getattr(opts, key)
+        if key in _MIN and isinstance(value, int) and value < _MIN[key]:
+            raise ValueError(f"{where}: {key}={value} must be ≥ {_MIN[key]}")
+        if key in _POSITIVE and not value > 0:
+            raise ValueError(f"{where}: {key}={value} must be > 0")
+    return opts
+
+
+def _train_fields(values, where: str) -> None:
+    """A `train:` (or `task_train.<task>:`) block names TrainConfig fields with valid values;
+    `head_options` may be a mapping (checked by the recipe when it trains)."""
+    from de3bert.train import TrainConfig
+
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} must be a mapping of TrainConfig fields, got {values!r}")
+    rest = {k: v for k, v in values.items() if k != "head_options"}
+    _typed(TrainConfig, rest, where)
+    check_precision(values.get("precision", "auto"))
 
 
 @dataclass
@@ -112,28 +179,44 @@ class Profile:
                                  + (" (or `all`)" if key == "methods" else ""))
         profile = cls(**data)
         profile.method_names()  # unknown method names fail here, before any work
-        for task in ["", *profile.task_train]:
-            check_precision(profile.train_overrides(task).get("precision", "auto"))
+        profile.check_values(path)
         profile.check_seeds_and_timing(path)
         profile.check_statistics(path)
         profile.check_execution()
         return profile
 
+    def check_values(self, where: Path | str) -> None:
+        """Every nested block typed and every value in range, before any work (issue 26): tasks
+        known, seeds unique, targets > 1, limits ≥ 0, `train`/`task_train` TrainConfig fields."""
+        for task in self.tasks:
+            get_task(task)
+        if len(set(self.seeds)) != len(self.seeds) or not all(isinstance(s, int) for s in self.seeds):
+            raise ValueError(f"{where}: seeds={self.seeds} must be distinct integers")
+        bad = [t for t in self.speedup_targets if not (isinstance(t, int | float) and t > 1)]
+        if bad or not self.speedup_targets:
+            raise ValueError(f"{where}: speedup_targets={self.speedup_targets}: every target must be a "
+                             "speed-up > 1 (e.g. [1.5, 2.0])")
+        for key in ("dev_limit", "threads"):
+            value, low = getattr(self, key), 0 if key == "dev_limit" else 1
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{where}: {key}={value!r} must be an integer ≥ {low}"
+                                 + (" (0 = the whole dev split)" if key == "dev_limit" else ""))
+        _train_fields(self.train, f"{where}: train")
+        for task, values in self.task_train.items():
+            if get_task(task).name not in {get_task(t).name for t in self.tasks}:
+                raise ValueError(f"{where}: task_train.{task}: not one of the profile's tasks {self.tasks}")
+            _train_fields(values, f"{where}: task_train.{task}")
+        _typed(TimingSettings, self.timing, f"{where}: timing")
+
     def check_statistics(self, where: Path | str) -> None:
         """`selection` and `bootstrap` name known values, so a typo fails before any training."""
         if self.selection not in ("crossfit", "dev"):
             raise ValueError(f"{where}: selection={self.selection!r}; valid: crossfit, dev")
-        valid = {"replicates": int, "seed": int, "ci": str, "alpha": float, "subject": str}
-        for key, value in self.bootstrap.items():
-            if key not in valid:
-                raise ValueError(f"{where}: unknown bootstrap key {key!r}; valid: {', '.join(valid)}")
-            if not isinstance(value, valid[key] if valid[key] is not float else (int, float)):
-                raise ValueError(f"{where}: bootstrap.{key}={value!r} must be {valid[key].__name__}")
-        if self.bootstrap.get("ci", "percentile").lower() not in ("percentile", "bca"):
-            raise ValueError(f"{where}: bootstrap.ci={self.bootstrap['ci']!r}; valid: percentile, BCa")
-        alpha, reps = float(self.bootstrap.get("alpha", 0.05)), int(self.bootstrap.get("replicates", 1000))
-        if not 0 < alpha < 1 or reps < 1:
-            raise ValueError(f"{where}: bootstrap alpha must be in (0, 1) and replicates ≥ 1")
+        boot = _typed(BootstrapSettings, self.bootstrap, f"{where}: bootstrap")
+        if boot.ci.lower() not in ("percentile", "bca"):
+            raise ValueError(f"{where}: bootstrap.ci={boot.ci!r}; valid: percentile, BCa")
+        if not 0 < boot.alpha < 1:
+            raise ValueError(f"{where}: bootstrap.alpha={boot.alpha} must be in (0, 1)")
 
     def check_seeds_and_timing(self, where: Path | str) -> None:
         """`method_seeds`/`task_seeds` list seeds of the profile; `timing.seeds` is `all` or `first`."""

@@ -21,27 +21,18 @@ from de3bert.registry import METHODS
 
 from .analysis import indicator_scores
 from .layout import RunLayout
+from .profiles import BootstrapSettings
 from .results import FULL, precision_label, read_rows
 from .sanity import GAP, run_sanity, sanity_markdown
 from .stats import bootstrap as st
 
 
 @dataclass(frozen=True)
-class Settings:
-    """How a run's uncertainty is computed (profile keys `selection` and `bootstrap`)."""
+class Settings(BootstrapSettings):
+    """How a run's uncertainty is computed: the profile's `bootstrap` block and its `selection`."""
 
     selection: str = "crossfit"
     """Operating-point protocol: crossfit (default) or dev (the literature's)."""
-    replicates: int = 1000
-    """Bootstrap replicates."""
-    seed: int = 0
-    """Seed of the resampling and of the cross-fit folds."""
-    ci: str = "percentile"
-    """Interval method: percentile or BCa."""
-    alpha: float = 0.05
-    """Significance level after Benjamini–Hochberg control."""
-    subject: str = "de3"
-    """The method whose claims the report checks."""
 
 
 def settings_of(layout: RunLayout) -> Settings:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -39,6 +40,12 @@ def _check_type(owner: str, key: str, value: Any, kind: Any) -> Any:
             valid = ", ".join(map(str, typing.get_args(kind)))
             raise ValueError(f"{owner}: option {key}={value!r} is not one of: {valid}")
         return value
+    if origin in (typing.Union, types.UnionType):  # `str | list`: any member type will do
+        bases = tuple(typing.get_origin(a) or a for a in typing.get_args(kind))
+        if not isinstance(value, bases):
+            names = " or ".join(b.__name__ for b in bases)
+            raise ValueError(f"{owner}: option {key}={value!r} must be {names}, got {type(value).__name__}")
+        return value
     base = kind if isinstance(kind, type) else origin
     if base is not None and not (isinstance(value, base) and not (base is int and isinstance(value, bool))):
         raise ValueError(f"{owner}: option {key}={value!r} must be {getattr(base, '__name__', base)}, "
@@ -54,7 +61,8 @@ def parse_options(cls: type[O], values: dict | O | None, owner: str) -> O:
     names = [f.name for f in dataclasses.fields(cls)]
     for key in values:
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
+            close = difflib.get_close_matches(key, names, n=1) or sorted(
+                (n for n in names if len(n) >= 2 and str(key).startswith(n)), key=len, reverse=True)[:1]
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             valid = ", ".join(names) if names else "none"
             raise ValueError(f"{owner}: unknown option {key!r}{hint}; valid options: {valid}")

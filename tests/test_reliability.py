@@ -734,9 +734,40 @@ def test_the_report_gives_intervals_cross_fitted_points_and_claims(smoke_run):
 
 def test_bad_statistics_settings_fail_before_work(tmp_path, capsys):
     for bad, msg in (({"selection": "holdout"}, "valid: crossfit, dev"),
-                     ({"bootstrap": {"replicate": 10}}, "unknown bootstrap key 'replicate'"),
+                     ({"bootstrap": {"replicate": 10}}, "unknown option 'replicate' (did you mean 'replicates'?)"),
                      ({"bootstrap": {"ci": "bootstrap-t"}}, "valid: percentile, BCa")):
         path = tmp_path / "p.yaml"
         path.write_text(yaml.safe_dump({"name": "x", "tasks": ["synthetic"], **bad}))
         code, err = cli(["run", "--profile", str(path), "--out", str(tmp_path / "o")], capsys)
         assert code == 2 and msg in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"train": {"lr_rate": 1e-4}}, "train: unknown option 'lr_rate' (did you mean 'lr'?)"),
+    ({"train": {"epochs": 0}}, "train: epochs=0.0 must be > 0"),
+    ({"train": {"batch_size": "32"}}, "train: option batch_size='32' must be int"),
+    ({"task_train": {"synthetic": {"train_limt": 5}}}, "task_train.synthetic: unknown option 'train_limt'"),
+    ({"task_train": {"sst2": {"epochs": 1}}}, "task_train.sst2: not one of the profile's tasks"),
+    ({"timing": {"sample": 8}}, "timing: unknown option 'sample' (did you mean 'samples'?)"),
+    ({"timing": {"repeats": 0}}, "timing: repeats=0 must be ≥ 1"),
+    ({"speedup_targets": [-1.5, 2.0]}, "every target must be a speed-up > 1"),
+    ({"speedup_targets": [1.0]}, "every target must be a speed-up > 1"),
+    ({"dev_limit": -5}, "dev_limit=-5 must be an integer ≥ 0"),
+    ({"seeds": [42, 42]}, "must be distinct integers"),
+    ({"tasks": ["sst3"]}, "unknown task 'sst3'"),
+    ({"bootstrap": {"alpha": 1.5}}, "bootstrap.alpha=1.5 must be in (0, 1)"),
+])
+def test_every_profile_misspelling_or_bad_value_is_named_before_any_work(tmp_path, capsys, bad, message):
+    """Issue 26: typed profiles all the way down; a failing profile writes nothing, and an
+    existing run's profile.json is never overwritten by the bad one (dry run or not)."""
+    run = tmp_path / "o"
+    run.mkdir()
+    (run / "profile.json").write_text("{\"name\": \"earlier\"}")
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "tasks": ["synthetic"], "backbone": "tiny-random", **bad}))
+    for extra in ([], ["--dry-run"]):
+        code, err = cli(["run", "--profile", str(path), "--out", str(run), *extra], capsys)
+        assert code == 2 and message in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in run.iterdir()) == ["profile.json"]
+    assert (run / "profile.json").read_text() == "{\"name\": \"earlier\"}"
