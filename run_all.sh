@@ -3,7 +3,8 @@
 #   ./run_all.sh                               # the `default` profile into results/default
 #   ./run_all.sh --profile smoke --out DIR     # another profile into DIR
 #   ./run_all.sh --dry-run                     # print the plan and an estimate only
-# Data: $GLUE_DIR (classic glue_data/ layout); if unset, ../shared/glue_data when present, else the Hub.
+# Data: $GLUE_DIR (classic glue_data/ layout); if unset, glue_data/ in the checkout (setup links the
+# copy beside it there), else the Hub: the same resolution as every `de3bert` command.
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup.sh
@@ -16,10 +17,8 @@ while [ $# -gt 0 ]; do
     *) args+=("$1"); shift ;;
   esac
 done
-if [ -z "${GLUE_DIR:-}" ] && [ -d ../shared/glue_data ]; then
-  export GLUE_DIR="$(cd ../shared/glue_data && pwd)"
-fi
-echo "[run_all] profile=$profile data=${GLUE_DIR:-<Hub: nyu-mll/glue>}"
+data=$(.venv/bin/python -c "from de3bert.data import resolve_data_dir; print(resolve_data_dir() or '<Hub: nyu-mll/glue>')")
+echo "[run_all] profile=$profile data=$data"
 if [ "$profile" = default ] || [ "$profile" = smoke ]; then
   export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}   # these profiles need nothing from the Hub
 fi

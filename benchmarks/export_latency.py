@@ -124,7 +124,7 @@ def measure(fns: dict, batches: list[dict], repeats: int) -> tuple[dict, dict]:
 def main(argv: list[str] | None = None) -> int:
     """Build, pick the 2× point, export, time every route and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", default=resolve_data_dir() or "../shared/glue_data")
+    ap.add_argument("--data-dir", default=resolve_data_dir())
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)

@@ -57,6 +57,8 @@ class BootstrapSettings:
 _MIN = {"samples": 1, "repeats": 1, "warmup": 0, "batch_size": 1, "replicates": 1, "train_limit": 0,
         "grad_accum_steps": 1, "max_seq_length": 8, "checkpoint_every": 1, "group_by_length": 0}
 _POSITIVE = ("lr", "epochs")
+#: TrainConfig fields the runner sets for every model (a profile's `train:` may not)
+RUNNER_OWNED = ("task", "recipe", "seed", "backbone", "out_dir", "data_dir", "first_stage_dir", "progress")
 
 
 def _typed(cls: type, values, where: str):
@@ -81,6 +83,10 @@ def _train_fields(values, where: str) -> None:
 
     if not isinstance(values, dict):
         raise ValueError(f"{where} must be a mapping of TrainConfig fields, got {values!r}")
+    owned = sorted(set(values) & set(RUNNER_OWNED))
+    if owned:
+        raise ValueError(f"{where}: {', '.join(owned)} cannot be set here (the runner sets them per "
+                         "model; use the profile's top-level `tasks`, `seeds`, `backbone` and `--out`)")
     rest = {k: v for k, v in values.items() if k != "head_options"}
     _typed(TrainConfig, rest, where)
     check_precision(values.get("precision", "auto"))

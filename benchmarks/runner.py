@@ -45,11 +45,12 @@ from de3bert.data import (
 )
 from de3bert.engine import record_signals, replay_predictions, run_live
 from de3bert.flops import DepthFlops, depth_flops
+from de3bert.grid import evaluate_grid
 from de3bert.metrics import glue_metrics
 from de3bert.model import MultiExitModel
 from de3bert.record import CorruptRecord, atomic_write_text, load_record, record_meta, save_record
 from de3bert.registry import get_method, get_recipe
-from de3bert.speedup import flops_speedup, layer_speedup, modelled_speedup, operating_points, refine_grid
+from de3bert.speedup import flops_speedup, layer_speedup, modelled_speedup, operating_points
 from de3bert.ties import TIE_EPS, near_ties, prediction_ties
 from de3bert.timing import compare_wallclock, component_times
 from de3bert.train import TrainConfig, config_fingerprint, config_hash, first_stage_config, train
@@ -549,9 +550,8 @@ class Runner:
         spec, method = get_task(task), get_method(name)
         policy = method.make_policy(spec.num_labels, model.num_layers)
         t0 = time.perf_counter()
-        grid = refine_grid(policy, rec, policy.grid(), self.p.speedup_targets)
-        exits = policy.replay(rec, grid)  # [K, N]
-        preds = replay_predictions(rec, exits)
+        result = evaluate_grid(policy, rec, spec, targets=self.p.speedup_targets)
+        grid, exits = result.values, result.exits  # exits [K, N]
         ties = near_ties(policy, rec, grid, exits)
         L, n = model.num_layers, exits.shape[1]
         rows = []
@@ -561,9 +561,8 @@ class Runner:
             hist = np.bincount(e - 1, minlength=L).tolist()
             rows.append(self.base_row(task, name, method.recipe, seed, model) | {
                 "knob": {"name": policy.knob.name, "value": value},
-                "metric": glue_metrics(spec.metrics, preds[k], rec["labels"]),
-                "headline_metric": spec.headline_metric,
-                "speedup_layers": layer_speedup(e, L), "speedup_flops": sp_flops,
+                "metric": result.metrics[k], "headline_metric": spec.headline_metric,
+                "speedup_layers": result.speedups[k], "speedup_flops": sp_flops,
                 "speedup_wallclock": None, "speedup_wallclock_b32": None,
                 "speedup_wallclock_model": modelled_speedup(times, full_times, e),
                 "mean_exit_layer": float(e.mean()), "exit_histogram": hist, "gflops_per_sample": gflops,

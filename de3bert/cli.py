@@ -74,8 +74,8 @@ def cmd_eval(args) -> int:
 
     from .backbone import load_tokenizer
     from .data import EncodedDataset, get_task, load_examples, make_loader
-    from .engine import record_signals, replay_predictions, run_live
-    from .metrics import glue_metrics
+    from .engine import record_signals, run_live
+    from .grid import evaluate_grid
     from .registry import get_method
     from .speedup import layer_speedup
     from .train import train
@@ -99,16 +99,13 @@ def cmd_eval(args) -> int:
     loader = make_loader(ds, 64, shuffle=False, pad_token_id=tok.pad_token_id or 0)
     rec = record_signals(model, loader)
     policy = method.make_policy(task.num_labels, model.num_layers)
-    grid = [float(v) for v in args.knob] if args.knob else policy.grid()
-    exits = policy.replay(rec, grid)
-    preds = replay_predictions(rec, exits)
+    res = evaluate_grid(policy, rec, task, [float(v) for v in args.knob] if args.knob else None)
     L = model.num_layers
     print(f"{method.name} on {task.name} ({len(ds)} dev samples, {L} layers)")
     print(f"{policy.knob.name:>10}  {task.headline_metric:>8}  speedup_layers  mean_exit")
-    for k, v in enumerate(grid):
-        m = glue_metrics(task.metrics, preds[k], rec["labels"])
-        print(f"{v:>10.4g}  {m[task.headline_metric]:>8.2f}  {layer_speedup(exits[k], L):>14.3f}"
-              f"  {exits[k].float().mean().item():>9.3f}")
+    for k, v in enumerate(res.values):
+        print(f"{v:>10.4g}  {res.metrics[k][task.headline_metric]:>8.2f}  {res.speedups[k]:>14.3f}"
+              f"  {res.exits[k].float().mean().item():>9.3f}")
     if args.live is not None:
         loader = make_loader(ds, 32, False, pad_token_id=tok.pad_token_id or 0)
         live = run_live(model, policy, args.live, loader)

@@ -199,11 +199,17 @@ def synthetic_examples(split: str, n: int, seed: int) -> list[Example]:
     return out
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str | None:
-    """The local glue_data/ folder: the given one, else $GLUE_DIR, else None (the Hub).
+#: a local copy found inside the checkout (`scripts/setup.sh` links the one beside it here)
+REPO_GLUE = Path(__file__).resolve().parents[1] / "glue_data"
 
-    The one place the environment is read, so the CLI, the runner and the benchmarks agree."""
-    found = data_dir or os.environ.get("GLUE_DIR") or None
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str | None:
+    """The local glue_data/ folder: the given one, else $GLUE_DIR, else `glue_data/` in the
+    checkout, else None (the Hub).
+
+    The one place data is resolved, so `de3bert run`, `run_all.sh`, `de3bert train/eval`, the
+    runner, the tests and the benchmarks find the same copy (issue 27)."""
+    found = data_dir or os.environ.get("GLUE_DIR") or (REPO_GLUE if REPO_GLUE.is_dir() else None)
     return str(found) if found else None
 
 

@@ -1,7 +1,7 @@
 """DE³-BERT: the `de3` training recipe (weighted CE + β·DAR), the EDR exit policy and ablations.
 
 Every choice the paper's public summary leaves open is an option here with the spec's default
-(marked [ours] in ../shared/spec/de3bert.md and in the README):
+(marked [ours] in docs/method.md):
   proto_dim = hidden size, gamma = 0.1, distance = euclidean, dar = protonet (T = 1),
   margin = 1.0, beta = 1.0, layer_weights = uniform, recompute_prototypes = false,
   proto_last_layer = false (prototypes and DAR on layers 1..L−1), lambda = 1.0,
@@ -58,7 +58,7 @@ class De3Options:
     v2 reconstruction) or cosine; the DR indicator keeps `distance`."""
     dar_temperature: float = 1.0
     """T > 0 of the protonet DAR: softmax(−d/T) (Snell et al.: T = 1)."""
-    dar_through: Literal["all", "projection", "own_pooler"] = "all"
+    dar_through: Literal["all", "projection", "own_pooler"] = "projection"
     """Where DAR's gradient goes: backbone + shared pooler + map g (all), the map g only
     (projection: the metric space reads a detached pooled feature), or the backbone through a
     pooler of the prototype branch's own (own_pooler: the classifiers' shared pooler is untouched)."""
@@ -274,7 +274,8 @@ class De3NoProtonet(De3):
     """Ablation w/o prototypical network: g = identity, distances on the pooled feature."""
 
     name = "de3-noproto"
-    overrides = {"protonet": False}
+    # with the identity map there is no projection to train: DAR shapes the pooled feature itself
+    overrides = {"protonet": False, "dar_through": "all"}
 
 
 METHOD = Method("de3", "de3", EDRPolicy, "DE³-BERT: EDR (entropy + prototype distance ratio) < tau",

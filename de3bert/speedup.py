@@ -17,6 +17,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from .ties import TIE_EPS
+
 _EPS = 1e-9  # a speed-up this close below a target counts as reaching it
 
 
@@ -121,8 +123,9 @@ def _densify(policy: _Replayable, record: dict, sp: dict[float, float], target: 
              budget: int) -> None:
     """Bisect neighbouring knobs whose speed-ups both touch [t/(1+b), t·(1+b)] and differ by more
     than `NEIGHBOUR_STEP` (relative), so a cross-fitted fold finds a knob close to the target and
-    two methods compare at matched speed-ups; a pair whose midpoint is not a new float is a cliff
-    in the method's curve (no knob can match there), left as it is."""
+    two methods compare at matched speed-ups. A pair closer than 2·TIE_EPS is a cliff in the
+    method's curve (no knob can match there), left as it is: below that, which side a sample
+    falls on is rounding noise (`de3bert.ties`), and the grid itself would differ across CPUs."""
     lo, hi, L = target / (1 + NEIGHBOUR_BAND), target * (1 + NEIGHBOUR_BAND), policy.num_layers
     cliffs: set[tuple[float, float]] = set()
     for _ in range(budget):
@@ -134,7 +137,7 @@ def _densify(policy: _Replayable, record: dict, sp: dict[float, float], target: 
             return
         a, b = max(gaps, key=lambda ab: abs(sp[ab[0]] - sp[ab[1]]))
         mid = (a + b) / 2
-        if mid in (a, b) or mid in sp:
+        if b - a < 2 * TIE_EPS or mid in sp:  # closer knobs sit in each other's near-tie band
             cliffs.add((a, b))
             continue
         sp[mid] = layer_speedups(policy.replay(record, [mid]), L)[0]

