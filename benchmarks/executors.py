@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 EXECUTORS = ("local", "ray")
 # environment a Ray worker needs to behave like the driver (offline hub, data dir, threads)
-FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "GLUE_DIR",
-                 "TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS")
+FORWARDED_ENV = ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+                 "HF_DATASETS_OFFLINE", "HF_HOME", "GLUE_DIR", "TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS")
 
 
 @dataclass(frozen=True)

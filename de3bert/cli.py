@@ -128,11 +128,11 @@ def cmd_predict(args) -> int:
                                max_length=args.max_length)
     if args.texts:
         lines = list(args.texts)
-    elif args.file:
+    elif args.file:  # one row out per line in, empty lines included (never dropped silently)
         with open(args.file, encoding="utf-8") as fh:
-            lines = [line for line in fh.read().splitlines() if line.strip()]
+            lines = fh.read().splitlines()
     else:
-        lines = [line for line in sys.stdin.read().splitlines() if line.strip()]
+        lines = sys.stdin.read().splitlines()
     rows = predictor.predict(lines, batch_size=args.batch_size,
                              progress=bool(args.file) and not args.no_progress)
     write_jsonl(rows, sys.stdout)
@@ -174,12 +174,29 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     """Parse and run one command; bad input exits 2 with `error: ...` before any work."""
     args = (parser or build_parser()[0]).parse_args(argv)
+    if getattr(args, "no_progress", False) or getattr(args, "progress", True) is False:
+        quiet_libraries()
     try:
         return args.fn(args)
     except (KeyError, ValueError, FileNotFoundError, ConnectionError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # one line, the shell's code for SIGINT; nothing written is lost
+        print("interrupted: everything finished so far is kept; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+
+
+def quiet_libraries() -> None:
+    """`--no-progress` silences the libraries' bars too (transformers' "Loading weights", the
+    Hub's downloads), here and in every worker this process starts (through the environment)."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
 
 
 if __name__ == "__main__":

@@ -100,7 +100,12 @@ class Predictor:
     def predict(self, inputs: Iterable[str | tuple[str, ...]], batch_size: int = 32,
                 progress: bool = False) -> list[dict]:
         """Predictions in input order; each sample's exit layer is the live engine's."""
-        items = [split_input(x, self.pair) if isinstance(x, str) else tuple(x) for x in inputs]
+        items = []
+        for n, x in enumerate(inputs, start=1):
+            try:
+                items.append(split_input(x, self.pair) if isinstance(x, str) else tuple(x))
+            except ValueError as err:
+                raise ValueError(f"input {n}: {err}") from None
         if not items:
             return []
         features = self._features(items)

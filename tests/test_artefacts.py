@@ -174,9 +174,10 @@ def test_predict_cli_arguments_stdin_and_file(smoke_run, tmp_path, capsys, monke
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["text"] for r in rows] == ["good good movie", "bad plot"]
     assert all(1 <= r["exit_layer"] <= 4 for r in rows)
-    monkeypatch.setattr(sys, "stdin", io.StringIO("good\n\nbad bad\n"))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("good\n\nbad bad\n \n"))
     assert main(["predict", "--model", folder, "--target", "1.5"]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 2
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in rows] == ["good", "", "bad bad", " "]  # one row per input, in order
     path = tmp_path / "in.txt"
     path.write_text("good\nbad\nthe cast\n")
     assert main(["predict", "--model", folder, "--file", str(path)]) == 0

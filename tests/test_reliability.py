@@ -774,3 +774,34 @@ def test_every_profile_misspelling_or_bad_value_is_named_before_any_work(tmp_pat
         assert len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in run.iterdir()) == ["profile.json"]
     assert (run / "profile.json").read_text() == "{\"name\": \"earlier\"}"
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(capsys, monkeypatch):
+    """Issue 27: an interrupted command says so in one line (no traceback), with the shell's code."""
+    import de3bert.cli as cli_mod
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_mod, "cmd_list", interrupted)
+    parser = cli_mod.build_parser()[0]
+    assert cli_mod.main(["list"], parser) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run the same command again to resume" in err
+
+
+def test_no_progress_silences_the_libraries_bars(monkeypatch):
+    """Issue 27: `--no-progress` also turns off transformers' and the Hub's bars."""
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    from de3bert.cli import quiet_libraries
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    try:
+        quiet_libraries()
+        assert not hf_logging.is_progress_bar_enabled() and are_progress_bars_disabled()
+        assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"  # Ray workers inherit it
+    finally:
+        hf_logging.enable_progress_bar()
+        enable_progress_bars()
