@@ -14,14 +14,14 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+
+from .weights import WEIGHTS, load_weights, save_weights
 
 # typed as nn.Module: importing MultiExitModel here would close a cycle (model delegates to hub)
 MultiExitModel = torch.nn.Module
 
 SECTION = "early_exit"
 FORMAT_VERSION = 1
-WEIGHTS = "model.safetensors"
 CARD_TRAIN_KEYS = ("task", "recipe", "backbone", "pooling", "max_seq_length", "batch_size", "lr",
                    "weight_decay", "warmup_ratio", "epochs", "train_limit", "seed", "head_options")
 
@@ -85,7 +85,7 @@ def save_pretrained(model: MultiExitModel, directory: str | Path, *, method: str
     config.update({"architectures": ["MultiExitModel"], "id2label": dict(enumerate(names)),
                    "label2id": {n: i for i, n in enumerate(names)}, SECTION: section})
     d.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(d / WEIGHTS), metadata={"format": "pt"})
+    section["weights_sha256"] = save_weights(model, d / WEIGHTS, metadata={"format": "pt"})
     (d / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
     tok = tokenizer if tokenizer is not None else load_tokenizer(model.meta["backbone"])
     tok.save_pretrained(str(d))
@@ -143,7 +143,8 @@ def from_pretrained(name_or_path: str | Path, attn_implementation: str | None = 
     model = get_recipe(section["recipe"]).build(encoder, meta)
     if section.get("train_config"):
         model.meta["train_config"] = section["train_config"]
-    load_model(model, str(d / WEIGHTS))
+    # the hash travels in config.json (a Hub folder may lack the sidecar); the sidecar otherwise
+    load_weights(model, d / WEIGHTS, section.get("weights_sha256"))
     model.eval()
     return model
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
 from .backbone import LayerwiseEncoder, load_encoder
 from .options import options_dict
 from .registry import get_recipe
+from .weights import WEIGHTS, load_weights, save_weights
 
 Signals = dict[str, torch.Tensor]
 
@@ -258,7 +258,7 @@ class MultiExitModel(nn.Module):
         """The suite's own folder (weights, encoder config, multiexit.json); Hub: `save_pretrained`."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        save_model(self, str(d / "model.safetensors"))
+        save_weights(self, d / WEIGHTS)  # + its SHA-256 sidecar, verified on every load
         self.encoder.config.save_pretrained(d / "encoder")
         (d / "multiexit.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True))
 
@@ -274,7 +274,7 @@ class MultiExitModel(nn.Module):
         attn = attn_implementation or meta.get("attn_implementation", "sdpa")
         encoder = LayerwiseEncoder(AutoModel.from_config(config, attn_implementation=attn))
         model = get_recipe(meta["recipe"]).build(encoder, meta)
-        load_model(model, str(d / "model.safetensors"))
+        load_weights(model, d / WEIGHTS)
         model.eval()
         return model
 

@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
@@ -37,6 +36,7 @@ from .data import EncodedDataset, TaskSpec, file_sha256, get_task, load_examples
 from .model import MultiExitModel, build_model
 from .precision import autocast_dtype, resolve_precision, weights_dtype
 from .recipes import Recipe, Stage, get_recipe
+from .weights import WEIGHTS, CorruptModel, load_weights, save_weights
 
 
 @dataclass
@@ -213,9 +213,22 @@ def _reuse_final(cfg: TrainConfig, fp: dict) -> MultiExitModel | None:
     stamp = final_dir / "config_hash.json"
     old = json.loads(stamp.read_text()) if stamp.is_file() else {}
     if old.get("hash") == _hash(fp):
-        return MultiExitModel.load(final_dir)
+        try:
+            return MultiExitModel.load(final_dir)
+        except CorruptModel as err:
+            _move_aside(final_dir, err)
+            return None
     _on_mismatch(cfg, final_dir, old.get("fingerprint"), fp)
     return None
+
+
+def _move_aside(folder: Path, err: Exception) -> None:
+    """A damaged model or checkpoint is never deleted: renamed `<name>.corrupt-<UTC time>` (kept
+    for inspection), with one line saying so; the caller then retrains or restarts."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = folder.with_name(f"{folder.name}.corrupt-{stamp}")
+    os.replace(folder, target)
+    print(f"[train] {err}; moved to {target.name} and training again", file=sys.stderr)
 
 
 # ---- checkpoints -------------------------------------------------------------------------------
@@ -231,7 +244,7 @@ def _save_checkpoint(out: Path, model, optimizer, scheduler, progress: dict, acc
     tmp, final = out / "checkpoint.tmp", out / "checkpoint"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(accelerator.unwrap_model(model), str(tmp / "model.safetensors"))
+    save_weights(accelerator.unwrap_model(model), tmp / WEIGHTS)
     state = {"rng": torch.get_rng_state()}
     if optimizer is not None:  # None: a stage boundary reached without an optimizer (a shared stage)
         state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
@@ -337,9 +350,13 @@ def _resume(run: _Run) -> None:
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("config_hash") == _hash(run.fingerprint):
-            run.progress = saved
-            load_model(run.model, str(run.out / "checkpoint" / "model.safetensors"))
-            run.resume_state = torch.load(run.out / "checkpoint" / "state.pt", weights_only=True)
+            try:
+                # both files checked before the model is touched: a bad one restarts from scratch
+                state = torch.load(run.out / "checkpoint" / "state.pt", weights_only=True)
+                load_weights(run.model, run.out / "checkpoint" / WEIGHTS)
+                run.resume_state, run.progress = state, saved
+            except (CorruptModel, RuntimeError, OSError) as err:  # the state file is checked by torch
+                _move_aside(run.out / "checkpoint", err)
         else:
             _on_mismatch(run.cfg, run.out / "checkpoint", saved.get("config"), run.fingerprint)
     run.t0 = time.perf_counter() - run.progress["seconds"]
