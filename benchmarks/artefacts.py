@@ -74,6 +74,10 @@ def resolve_export(run_dir: str | Path, task: str, method: str, target: float,
     model_dir = layout.model_dir(spec.name, m.recipe, seed) / "final"
     if not (model_dir / "multiexit.json").is_file():
         raise FileNotFoundError(f"trained model {model_dir} is missing (recipe {m.recipe}, seed {seed})")
+    if not (model_dir / "model.safetensors").is_file():
+        raise FileNotFoundError(f"the weights of {model_dir} were deleted after evaluation (profile "
+                                f"keep_models: none); rerun the profile with keep_models: all (it retrains "
+                                f"{m.recipe} on {spec.name} seed {seed}) to export it")
     full = [r for r in rows if r["task"] == spec.name and r["method"] == FULL and r["seed"] == seed]
     return {"task": spec.name, "method": m.name, "recipe": m.recipe, "seed": seed, "points": points,
             "model_dir": model_dir, "full_metric": full[0]["metric"] if full else None,

@@ -174,6 +174,38 @@ def _data_note(runner, tasks: list[str]) -> None:
               "(de3bert.data.TASKS)")
 
 
+def _model_bytes(profile, recipe: str, num_labels: int, cache: dict) -> int | None:
+    """fp32 bytes of one saved model (parameters × 4), built once per (recipe, labels); None when
+    the backbone cannot be built here (a Hub backbone offline)."""
+    key = (recipe, num_labels)
+    if key not in cache:
+        try:
+            pooling = profile.train.get("pooling") or default_pooling(profile.backbone)
+            model = build_model(profile.backbone, recipe, num_labels, pooling)
+            cache[key] = 4 * sum(p.numel() for p in model.parameters())
+        except (OSError, ValueError, KeyError):
+            cache[key] = None
+    return cache[key]
+
+
+def print_disk(runner, plan: list[dict]) -> None:
+    """The disk the plan writes: its models (kept unless `keep_models: none`), the largest
+    checkpoint while one trains (weights + AdamW moments), and the dev records."""
+    cache: dict = {}
+    trains = [s for s in plan if s["kind"] == "train"]
+    sizes = [_model_bytes(runner.p, s["recipe"], get_task(s["task"]).num_labels, cache) for s in trains]
+    if not trains or any(b is None for b in sizes):
+        print("disk: not estimated (the backbone cannot be built on this machine)")
+        return
+    records = sum(4 * 6 * runner._dev_rows(s["task"]) * (2 * get_task(s["task"]).num_labels + 2)
+                  for s in trains)
+    models, peak = sum(sizes), 3 * max(sizes)
+    kept = "deleted after evaluation (keep_models: none)" if runner.p.keep_models == "none" else "kept"
+    print(f"disk: {models / 1e9:.2f} GB of models ({len(sizes)} × about {models / len(sizes) / 1e6:.0f} MB, "
+          f"{kept}), {peak / 1e6:.0f} MB more while one trains (its checkpoint), "
+          f"{records / 1e6:.1f} MB of records")
+
+
 def print_dry_run(runner, plan: list[dict], gpus: int) -> None:
     """The plan, then its estimate per task and part, in minutes (GPU-hours for a GPU profile)."""
     _plan_lines(plan)
@@ -210,3 +242,4 @@ def print_dry_run(runner, plan: list[dict], gpus: int) -> None:
               "task-and-seed chain, whose training and evaluation jobs run in order)")
     else:
         print(f"estimated {total / 60:.0f} min on this machine ({how})")
+    print_disk(runner, plan)

@@ -57,6 +57,7 @@ class BootstrapSettings:
 _MIN = {"samples": 1, "repeats": 1, "warmup": 0, "batch_size": 1, "replicates": 1, "train_limit": 0,
         "grad_accum_steps": 1, "max_seq_length": 8, "checkpoint_every": 1, "group_by_length": 0}
 _POSITIVE = ("lr", "epochs")
+KEEP_MODELS = ("all", "none")
 #: TrainConfig fields the runner sets for every model (a profile's `train:` may not)
 RUNNER_OWNED = ("task", "recipe", "seed", "backbone", "out_dir", "data_dir", "first_stage_dir", "progress")
 
@@ -150,6 +151,10 @@ class Profile:
     """Whole GPUs a replay + timing job holds under Ray, so that wall-clock timings never share a device."""
     max_retries: int = 3
     """Times Ray retries a job whose worker or node died (it resumes from its own checkpoint)."""
+    keep_models: str = "all"
+    """`all`: every trained model stays in the run folder (export works any time); `none`: a
+    (task, seed)'s model weights are deleted once its evaluation job has written its groups (the
+    records and caches stay; `--dry-run` prints the disk either way)."""
     train_settings: str = "equal"
     """`equal`: every recipe trains with `train` (one budget, fair); `original`: each recipe's
     published settings (spec: baselines.md, *Published training settings*) override it."""
@@ -213,6 +218,8 @@ class Profile:
                 raise ValueError(f"{where}: task_train.{task}: not one of the profile's tasks {self.tasks}")
             _train_fields(values, f"{where}: task_train.{task}")
         _typed(TimingSettings, self.timing, f"{where}: timing")
+        if self.keep_models not in KEEP_MODELS:
+            raise ValueError(f"{where}: keep_models={self.keep_models!r}; valid: {', '.join(KEEP_MODELS)}")
 
     def check_statistics(self, where: Path | str) -> None:
         """`selection` and `bootstrap` name known values, so a typo fails before any training."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import errno
 import hashlib
 import json
 import platform
@@ -54,6 +55,7 @@ from de3bert.speedup import flops_speedup, layer_speedup, modelled_speedup, oper
 from de3bert.ties import TIE_EPS, near_ties, prediction_ties
 from de3bert.timing import compare_wallclock, component_times
 from de3bert.train import TrainConfig, config_fingerprint, config_hash, first_stage_config, train
+from de3bert.weights import WEIGHTS, sidecar
 
 from .executors import Executor, Job, LocalExecutor, Progress, RayExecutor
 from .layout import RunLayout
@@ -398,6 +400,10 @@ class Runner:
         t_start = time.perf_counter()
         try:
             self.executor.run(jobs, self._emit, progress)
+        except OSError as err:
+            if err.errno == errno.ENOSPC:  # the CLI's one line says how much more the run needs
+                err.space_needed = self.space_needed(plan)
+            raise
         finally:
             progress.close()
         elapsed = time.perf_counter() - t_start
@@ -410,6 +416,18 @@ class Runner:
         path = self.out / "run.json"
         old = json.loads(path.read_text()) if path.is_file() else None
         atomic_write_text(path, json.dumps(merge_run_stats(old, run), indent=2))
+
+    def space_needed(self, plan: list[dict]) -> str:
+        """What the rest of the plan still writes, from the size of the models saved so far."""
+        saved = [self.layout.model_dir(s["task"], s["recipe"], s["seed"]) / "final" / WEIGHTS
+                 for s in plan if s["kind"] == "train"]
+        todo = [p for p in saved if not p.is_file()]
+        sizes = [p.stat().st_size for p in self.out.glob(f"models/*/*/final/{WEIGHTS}")]
+        if not sizes:
+            return f"{len(todo)} models still to train; `--dry-run` prints the disk the plan needs"
+        each = max(sizes)
+        return (f"about {len(todo) * each / 1e6:.0f} MB more for the {len(todo)} models still to train, "
+                f"plus {3 * each / 1e6:.0f} MB while one trains")
 
     def _emit(self, job: Job, output: tuple[str, object]) -> None:
         """In the driver: a job's result group goes to results.jsonl, its stats to run.json."""
@@ -526,6 +544,21 @@ class Runner:
                                               self.flops(task, recipe, seed), full_flops,
                                               self.times(task, recipe, seed, model, items), full_times,
                                               full, items)
+        if self.p.keep_models == "none":
+            self.drop_weights(task, seed, list(recipes))
+
+    def drop_weights(self, task: str, seed: int, recipes: list[str]) -> None:
+        """`keep_models: none`: delete the weights of this (task, seed)'s models, keeping their
+        config, records and caches (a later change that needs a model trains it again)."""
+        freed = 0
+        for recipe in recipes:
+            weights = self.layout.model_dir(task, recipe, seed) / "final" / WEIGHTS
+            if weights.is_file():
+                freed += weights.stat().st_size
+                weights.unlink()
+                sidecar(weights).unlink(missing_ok=True)
+        tqdm.write(f"[runner] keep_models: none: deleted {len(recipes)} model(s) of {task} seed {seed} "
+                   f"({freed / 1e6:.0f} MB)")
 
     def full_row(self, task, seed, full, full_rec, full_flops, lengths) -> dict:
         """The plain fine-tune's one row per (task, seed): every sample at the last layer."""

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import errno
 import inspect
 import os
+import shlex
 import sys
 import textwrap
 
@@ -118,7 +120,7 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     """Label raw texts (arguments, --file or stdin) with a saved folder; JSON Lines on stdout."""
-    from .predict import load_predictor, write_jsonl
+    from .predict import load_predictor, predict_lines, write_jsonl
 
     if args.texts and args.file:
         raise ValueError("give texts as arguments or --file, not both")
@@ -128,13 +130,13 @@ def cmd_predict(args) -> int:
                                max_length=args.max_length)
     if args.texts:
         lines = list(args.texts)
-    elif args.file:  # one row out per line in, empty lines included (never dropped silently)
-        with open(args.file, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-    else:
-        lines = sys.stdin.read().splitlines()
-    rows = predictor.predict(lines, batch_size=args.batch_size,
-                             progress=bool(args.file) and not args.no_progress)
+    else:  # bytes, split on newlines only: one row out per line in, however the line is encoded
+        raw = open(args.file, "rb").read() if args.file else sys.stdin.buffer.read()
+        lines = [ln.removesuffix(b"\r") for ln in raw.split(b"\n")]
+        if lines and lines[-1] == b"":
+            lines.pop()  # the final newline ends the last line; it does not start another
+    rows = predict_lines(predictor, lines, strict=args.strict, batch_size=args.batch_size,
+                         progress=bool(args.file) and not args.no_progress)
     write_jsonl(rows, sys.stdout)
     return 0
 
@@ -167,6 +169,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     p.add_argument("--batch-size", type=int, default=32, help="inputs per batch (exited ones leave it)")
     p.add_argument("--max-length", type=int, default=None, help="tokens kept (default: the training length)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on --file")
+    p.add_argument("--strict", action="store_true",
+                   help="an empty or undecodable line is an error (exit 2) instead of an error row")
     p.set_defaults(fn=cmd_predict)
     return ap, sub
 
@@ -182,10 +186,23 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        need = getattr(err, "space_needed", "")
+        print(f"error: disk full while writing {err.filename or 'a file'}"
+              + (f" ({need})" if need else "") + "; everything written before is intact: free "
+              f"space and run the same command again to resume ({resume_command(argv)})", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # one line, the shell's code for SIGINT; nothing written is lost
-        print("interrupted: everything finished so far is kept; run the same command again to resume",
-              file=sys.stderr)
+        print(f"interrupted: everything finished so far is kept; to resume, run the same command "
+              f"again: {resume_command(argv)}", file=sys.stderr)
         return 130
+
+
+def resume_command(argv: list[str] | None) -> str:
+    """The command line that was run (the one that resumes it)."""
+    return " ".join(shlex.quote(a) for a in ["de3bert", *(sys.argv[1:] if argv is None else argv)])
 
 
 def quiet_libraries() -> None:

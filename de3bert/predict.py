@@ -122,6 +122,34 @@ class Predictor:
         return out
 
 
+def check_line(raw: bytes | str, pair: bool) -> tuple[tuple[str, ...] | None, str]:
+    """(the input, "") for a usable line; (None, why) for an empty, undecodable or malformed one."""
+    try:
+        line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as err:
+        return None, f"not UTF-8 ({err.reason} at byte {err.start})"
+    if not line.strip():
+        return None, "empty input"
+    try:
+        return split_input(line, pair), ""
+    except ValueError as err:
+        return None, str(err)
+
+
+def predict_lines(predictor: Predictor, lines: list[bytes | str], strict: bool = False,
+                  batch_size: int = 32, progress: bool = False) -> list[dict]:
+    """Exactly one row per input line, in order: a prediction, or `{"line", "error"}` for a line
+    that cannot be labelled (`strict`: a ValueError naming the first such line instead)."""
+    checked = [check_line(raw, predictor.pair) for raw in lines]
+    bad = [(n, why) for n, (item, why) in enumerate(checked, start=1) if item is None]
+    if strict and bad:
+        raise ValueError(f"input line {bad[0][0]}: {bad[0][1]}")
+    good = predictor.predict([item for item, _ in checked if item is not None], batch_size, progress)
+    it = iter(good)
+    return [next(it) if item is not None else {"line": n, "error": why}
+            for n, (item, why) in enumerate(checked, start=1)]
+
+
 def load_predictor(folder: str | Path, target: float | None = None, knob: float | None = None,
                    method: str | None = None, max_length: int | None = None) -> Predictor:
     """Everything `predict` needs from a saved folder (local or Hub), checked before any text is read."""

@@ -6,6 +6,8 @@ corrupted record is detected and rebuilt instead of being used.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -28,11 +30,28 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def writing(path: Path, tmp: Path):
+    """Around one atomic write: a full disk (ENOSPC, also as raised by safetensors' writer)
+    becomes `OSError(ENOSPC, ..., path)` naming the file, and the partial temp file is removed so
+    the space is free again; the previous version of `path` is untouched."""
+    try:
+        yield
+    except Exception as err:
+        tmp.unlink(missing_ok=True)
+        full = getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err)
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from err
+        raise
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temp file and rename, so a killed run never leaves a half-written file."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with writing(path, tmp):
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
 
 def save_record(record: dict[str, torch.Tensor], path: str | Path, meta: dict | None = None) -> None:
@@ -40,8 +59,9 @@ def save_record(record: dict[str, torch.Tensor], path: str | Path, meta: dict | 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in record.items()}, str(tmp))
-    os.replace(tmp, path)
+    with writing(path, tmp):
+        save_file({k: v.contiguous() for k, v in record.items()}, str(tmp))
+        os.replace(tmp, path)
     side = {"sha256": sha256(path), "bytes": path.stat().st_size, "meta": meta or {}}
     atomic_write_text(path.with_name(path.name + ".json"), json.dumps(side, indent=2, sort_keys=True))
 

@@ -213,6 +213,10 @@ def _reuse_final(cfg: TrainConfig, fp: dict) -> MultiExitModel | None:
     stamp = final_dir / "config_hash.json"
     old = json.loads(stamp.read_text()) if stamp.is_file() else {}
     if old.get("hash") == _hash(fp):
+        if not (final_dir / WEIGHTS).is_file():
+            print(f"[train] {final_dir} has no weights (deleted: keep_models none?); training again",
+                  file=sys.stderr)
+            return None
         try:
             return MultiExitModel.load(final_dir)
         except CorruptModel as err:

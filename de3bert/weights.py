@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from .record import atomic_write_text, sha256
+from .record import atomic_write_text, sha256, writing
 
 WEIGHTS = "model.safetensors"
 
@@ -37,8 +37,9 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict | None = Non
     """Write `model`'s weights to `path` and its checksum sidecar, each atomically; the hash."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    save_model(model, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with writing(path, tmp):
+        save_model(model, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
     digest = sha256(path)
     atomic_write_text(sidecar(path), json.dumps({"sha256": digest, "bytes": path.stat().st_size}))
     return digest

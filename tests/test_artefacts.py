@@ -174,10 +174,16 @@ def test_predict_cli_arguments_stdin_and_file(smoke_run, tmp_path, capsys, monke
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["text"] for r in rows] == ["good good movie", "bad plot"]
     assert all(1 <= r["exit_layer"] <= 4 for r in rows)
-    monkeypatch.setattr(sys, "stdin", io.StringIO("good\n\nbad bad\n \n"))
+    # issue 27: one row per input line, in order; empty and undecodable lines get error rows
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"good\n\nbad bad\n \n\xff\xfe x\n")))
     assert main(["predict", "--model", folder, "--target", "1.5"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["text"] for r in rows] == ["good", "", "bad bad", " "]  # one row per input, in order
+    assert [r.get("text", r.get("error")) for r in rows] == [
+        "good", "empty input", "bad bad", "empty input", "not UTF-8 (invalid start byte at byte 0)"]
+    assert [r.get("line") for r in rows] == [None, 2, None, 4, 5]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"good\n\n")))
+    assert main(["predict", "--model", folder, "--strict"]) == 2
+    assert capsys.readouterr().err.strip() == "error: input line 2: empty input"
     path = tmp_path / "in.txt"
     path.write_text("good\nbad\nthe cast\n")
     assert main(["predict", "--model", folder, "--file", str(path)]) == 0

@@ -82,3 +82,42 @@ def test_training_moves_a_damaged_final_model_aside_and_trains_again(tmp_path, c
     assert len(kept) == 1 and (kept[0] / "model.safetensors").is_file()  # never deleted
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values(),
                                                   strict=True))  # the same seed: the same model
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "no sidecar", "sidecar garbage"])
+def test_truncated_empty_or_unverifiable_weights_are_refused(saved, damage):
+    """The issue's goals: truncation, a zero-length file and a missing sidecar are never loaded."""
+    _, folder = saved
+    weights = folder / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    elif damage == "empty":
+        weights.write_bytes(b"")
+    elif damage == "no sidecar":
+        sidecar(weights).unlink()
+    else:
+        sidecar(weights).write_text("{not json")
+    with pytest.raises(CorruptModel, match=str(weights)):
+        MultiExitModel.load(folder)
+
+
+def test_a_full_disk_names_the_file_and_leaves_the_old_version_intact(saved, monkeypatch):
+    """ENOSPC while saving: the error names the weights file, the temp file is gone and the
+    previous weights and sidecar still verify."""
+    import errno
+
+    import de3bert.weights as weights_mod
+    from de3bert.weights import verify_weights
+
+    model, folder = saved
+    weights = folder / "model.safetensors"
+    before = verify_weights(weights)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(weights_mod, "save_model", full)
+    with pytest.raises(OSError) as err:
+        model.save(folder)
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(weights)
+    assert not list(folder.glob("*.tmp")) and verify_weights(weights) == before
