@@ -6,7 +6,8 @@
 <out>/records/<task>/<recipe>-s<seed>.safetensors (+ .json sidecar)
 <out>/exits/<task>/<method>-s<seed>.json
 <out>/jobs/<job>.jsonl   start/end events of every attempt of a job (`--executor ray` only)
-<out>/tables/            results.md, results.tex, indicators.md
+<out>/tables/            results.md/.tex, operating_points.md, indicators.md, uncertainty.md/.json,
+                         claims.md/.json (`benchmarks.report`)
 plots/<name>/            figures (the product's plots/ folder) when out = results/<name>;
                          otherwise <out>/plots/; --plots-dir overrides both
 ```

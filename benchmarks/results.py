@@ -21,16 +21,6 @@ from de3bert.record import atomic_write_text
 FULL = "full-model"  # the method name of the plain fine-tune's one row per (task, seed)
 
 
-def precision_label(values) -> str:
-    """The training precision(s) behind a run's rows, as every table's header says it (`auto`
-    resolves per machine, and precision changes the trained model); rows made before it was
-    recorded count as `fp32 or bf16 (not recorded)`."""
-    seen = sorted({v if isinstance(v, str) else "fp32 or bf16 (not recorded)" for v in values})
-    if not seen:
-        return "not recorded"
-    return seen[0] if len(seen) == 1 else " + ".join(seen) + " (rows differ: compare with care)"
-
-
 def group_key(row: dict) -> tuple:
     """(task, method, seed): the unit a run writes and resumes."""
     return row["task"], row["method"], row["seed"]

@@ -8,8 +8,10 @@ verdict on the same data, so the test tells the two rules apart.
 from __future__ import annotations
 
 import numpy as np
+from claims_demo import demo_results
 
-from benchmarks.claims import NOT_LEARNED, build_claims, claims_markdown, demo_results
+from benchmarks.report.claims import NOT_LEARNED, build_claims
+from benchmarks.report.markdown_claims import claims_markdown
 
 L = 6
 
@@ -69,7 +71,7 @@ def test_a_cliff_in_the_speedup_curve_never_gives_a_supported_or_contradicted_ve
     assert not {"supported", "contradicted"} & {r["verdict"] for r in claims["claim1"]}
     assert "3.00× vs" in rows[0]["verdict"]
     # the old rule (no speed-up match) compares the 3× point with the baselines' 2× as equals
-    import benchmarks.claims as claims_module
+    import benchmarks.report.claims as claims_module
 
     monkeypatch.setattr(claims_module, "SPEEDUP_MATCH", float("inf"))
     old = build_claims(results, n_boot=200)

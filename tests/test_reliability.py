@@ -731,6 +731,8 @@ def test_the_report_gives_intervals_cross_fitted_points_and_claims(smoke_run):
     claims = json.loads((smoke_run / "tables" / "claims.json").read_text())
     assert claims["protocol"] == "crossfit" and claims["claim1"]
     assert (smoke_run / "plots" / "tradeoff_intervals.png").is_file()
+    points = (smoke_run / "tables" / "operating_points.md").read_text()
+    assert "| synthetic | 2× | de3 | 0 | tau=" in points
 
 
 def test_bad_statistics_settings_fail_before_work(tmp_path, capsys):

@@ -414,7 +414,9 @@ def test_claims_report_from_a_results_structure(tmp_path):
     """The claims report runs from arrays alone, excludes unlearned tasks and says what it cannot decide."""
     import json
 
-    from benchmarks.claims import build_claims, demo_results, write_claims
+    from claims_demo import demo_results
+
+    from benchmarks.report.claims import build_claims, write_claims
 
     results = demo_results(n=300, n_seeds=1)
     claims = build_claims(results, n_boot=200)
@@ -509,7 +511,7 @@ def st_subset(a, methods):
 def test_claim_rows_take_cells_and_difference_from_the_same_seeds():
     """A claims row comparing DE³ with a first-seed-only baseline shows both cells from that seed,
     the seed its difference is made on (not DE³'s pooled cell next to a first-seed difference)."""
-    from benchmarks.claims import _claim1_rows
+    from benchmarks.report.claims import _claim1_rows
     from benchmarks.stats.seedsplit import pool_seeds
 
     rng = np.random.default_rng(4)

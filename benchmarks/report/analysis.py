@@ -8,11 +8,14 @@
 - Each recipe's exit-head parameters and FLOPs per layer against one transformer layer, and the
   extra over the `weighted` recipe's plain classifiers (DE³'s prototype branch, FastBERT's
   attention head, ...).
+
+Computing only: `analyse` returns the frames; `markdown.indicators_markdown` renders them.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +29,8 @@ from de3bert.policy import ThresholdPolicy, predictions
 from de3bert.record import load_record, record_meta
 from de3bert.registry import all_methods, get_method
 
-from .layout import RunLayout
-from .results import read_rows
+from ..layout import RunLayout
+from ..results import read_rows
 
 
 def indicator_methods(recipe: str) -> dict:
@@ -152,27 +155,17 @@ def oracle_table(layout: RunLayout) -> pd.DataFrame:
                           "layer speed-up": round(r["speedup_layers"], 3)} for r in rows])
 
 
-def _section(title: str, note: str, df: pd.DataFrame, index: bool = True) -> list[str]:
-    if not len(df):
-        return []
-    return [f"## {title}", "", *([note, ""] if note else []), df.to_markdown(index=index), ""]
+@dataclass(frozen=True)
+class AnalysisTables:
+    """The tables of indicators.md, each empty when the run has nothing for it."""
+
+    per_layer: pd.DataFrame
+    indicators: pd.DataFrame
+    oracle: pd.DataFrame
+    overhead: pd.DataFrame
 
 
-def write_analysis(layout: RunLayout) -> list[Path]:
-    """Write <out>/tables/indicators.md: per-layer metrics, indicator AUROCs, oracle, overheads."""
-    layout.tables.mkdir(parents=True, exist_ok=True)
-    parts = ["# Per-layer metrics, exit indicators and exit-head overhead", ""]
-    parts += _section("Headline dev metric of each layer's classifier (per recipe)",
-                      "`single` = the plain fine-tune (one classifier, same budget): only its last layer.",
-                      per_layer_table(layout))
-    parts += _section("AUROC of each indicator for 'this layer's prediction is correct' (per layer)",
-                      "Higher is better; 0.5 = chance. Every threshold method on its own recipe's record.",
-                      indicator_table(layout))
-    parts += _section("Oracle head-room (first correct layer; uses labels)", "", oracle_table(layout),
-                      index=False)
-    parts += _section("Exit-head cost per layer (per recipe)",
-                      "Extra vs `weighted` = what a recipe's heads cost beyond plain linear classifiers "
-                      "(DE³: the prototype branch).", overhead(layout), index=False)
-    path = layout.tables / "indicators.md"
-    path.write_text("\n".join(parts))
-    return [path]
+def analyse(layout: RunLayout) -> AnalysisTables:
+    """Per-layer metrics, indicator AUROCs, the oracle's head-room and exit-head overheads of a run."""
+    return AnalysisTables(per_layer_table(layout), indicator_table(layout), oracle_table(layout),
+                          overhead(layout))

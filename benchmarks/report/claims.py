@@ -1,7 +1,10 @@
 """The claims report: each claim of the DE³-BERT paper checked against the data, with intervals.
 
-``build_claims(results)`` returns a JSON-able dict; ``write_claims(results, out)`` writes
-``claims.md`` and ``claims.json``. Only records and exit arrays are read (no model run).
+``build_claims(results)`` computes the claims (a dict of rows, intervals and verdicts);
+``markdown_claims.claims_markdown`` and ``jsonout`` render it; ``write_claims(results, out)`` is the one
+writer of ``claims.md`` and ``claims.json`` (the run's report calls it too). Only records and exit
+arrays are read (no model run). ``python -m benchmarks.report.claims --results FILE --out DIR``
+writes the report for a results structure saved as JSON.
 
 Input shape (plain dict; arrays may be lists or numpy arrays)::
 
@@ -10,7 +13,7 @@ Input shape (plain dict; arrays may be lists or numpy arrays)::
       "indicator_pairs": [["de3", "de3-entropy"]],   # claim 2: AUROC a − b per layer
       (per task, optional) "baselines": [...]  # claim 1's baselines (default: not de3*, not oracle)
       "overhead": [{"task": ..., "flops_vs_layer_%": ..., "params_vs_layer_%": ...}],  # optional,
-                                              #   rows as benchmarks.analysis.overhead() gives them
+                                              #   rows as benchmarks.report.analysis.overhead() gives
       "tasks": {
         "<task>": {
           "metric": "accuracy",               # headline metric: accuracy | f1 | mcc | pearson
@@ -42,8 +45,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .stats import bootstrap as st
-from .stats.seedsplit import SeedSplit, pool_seeds
+from ..stats import bootstrap as st
+from ..stats.seedsplit import SeedSplit, pool_seeds
+from .jsonout import json_text
+from .markdown_claims import claims_markdown
 
 NOT_BASELINES = ("oracle",)  # used only when the input names no `baselines` (hand-made inputs)
 
@@ -335,227 +340,29 @@ def build_claims(
     }
 
 
-def _iv(i: st.Interval, digits: int = 1) -> str:
-    """'81.7 ±1.1' (half-width of the 95% interval)."""
-    return f"{i.estimate:.{digits}f} ±{i.half_width:.{digits}f}"
-
-
-def _diff(c: st.Comparison, digits: int = 1) -> str:
-    """'+2.3 [0.5, 4.1]'."""
-    i = c.interval
-    return f"{i.estimate:+.{digits}f} [{i.lo:+.{digits}f}, {i.hi:+.{digits}f}]"
-
-
-def _md_tasks(claims: dict) -> list[str]:
-    """Which tasks were learned (and so enter the claims)."""
-    out = [
-        "## Tasks",
-        "",
-        "| task | metric | seeds | learned | bar check | intervals |",
-        "|---|---|---|---|---|---|",
-    ]
-    for n, t in claims["tasks"].items():
-        out.append(
-            f"| {n} | {t['metric']} | {t['n_seeds']} | {'yes' if t['learned'] else '**not learned**'} | "
-            f"{'; '.join(t['reasons'])} | {t['note']} |"
-        )
-    excluded = [n for n, t in claims["tasks"].items() if not t["learned"]]
-    if excluded:
-        out += ["", f"Not learned, so left out of every claim: {', '.join(excluded)}."]
-    return out + [""]
-
-
-def _md_claim1(claims: dict) -> list[str]:
-    """Claim 1 table: DE³ vs the best baseline per task and target."""
-    out = [
-        "## Claim 1: at equal speed-up, DE³-BERT ≥ the baselines",
-        "",
-        "| task | target | DE³ (achieved ×) | best baseline (achieved ×) | DE³ − baseline [95% CI] "
-        "| q | verdict |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in claims["claim1_best"]:
-        c = r["comparison"]
-        warn = " (target not reached on the selection data: fastest knob)" if r["reached"] < 0.5 else ""
-        out.append(
-            f"| {r['task']} | {r['target']:g}× | {_iv(r['de3'])} ({r['de3_speedup'].estimate:.2f}×) | "
-            f"{r['baseline']} {_iv(r['baseline_cell'])} ({r['baseline_speedup'].estimate:.2f}×) | "
-            f"{_diff(c)} | {_q(c)} | {r['verdict']}{warn} |"
-        )
-    return out + ["", claims["summary"]["claim1"], "", claims["summary"]["claim1_all"], "",
-                  *_md_not_learned(claims)]
-
-
-def _q(c: st.Comparison) -> str:
-    """The BH-adjusted q, or '–' for a row that was not tested."""
-    return "–" if c.q is None else f"{c.q:.3f}"
-
-
-def _md_not_learned(claims: dict) -> list[str]:
-    """The trained models below their task's learned bar at the deepest exit, with their
-    per-layer figures: their comparisons read '{NOT_LEARNED}', never a verdict on the method."""
-    rows = [(n, m, v) for n, t in claims["tasks"].items() for m, v in t.get("models", {}).items()
-            if not v["learned"]]
-    if not rows:
-        return []
-    out = ["### Models that did not learn (training failures, not method verdicts)", "",
-           "| task | method | metric per layer (1 → L) | bar check at the deepest exit |",
-           "|---|---|---|---|"]
-    out += [f"| {n} | {m} | {', '.join(f'{x:.1f}' for x in v['per_layer'])} | {'; '.join(v['reasons'])} |"
-            for n, m, v in rows]
-    return out + [""]
-
-
-def _md_claim2(claims: dict) -> list[str]:
-    """Claim 2 table: per-layer AUROC of EDR against entropy."""
-    out = [
-        "## Claim 2: EDR estimates correctness better than entropy (AUROC per layer)",
-        "",
-        "| task | pair | layer | AUROC a | AUROC b | a − b [95% CI] | q | verdict |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in claims["claim2"]:
-        out.append(
-            f"| {r['task']} | {r['pair']} | {r['layer']} | {_iv(r['a'], 3)} | {_iv(r['b'], 3)} | "
-            f"{_diff(r['comparison'], 3)} | {_q(r['comparison'])} | {r['verdict']} |"
-        )
-    return out + ["", claims["summary"]["claim2"], ""]
-
-
-def _md_claims34(claims: dict) -> list[str]:
-    """Claim 3 (overhead, measured not tested) and the oracle's head-room."""
-    out = ["## Claim 3: the overhead is minimal", ""]
-    if claims["claim3"]:
-        keys = list(claims["claim3"][0])
-        out += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-        out += ["| " + " | ".join(str(row.get(k, "")) for k in keys) + " |" for row in claims["claim3"]]
-        out += ["", "A measured cost, not a sampled quantity: no interval; read it against one layer (100%)."]
-    else:
-        out.append("No overhead measurements in the input: this claim cannot be checked here.")
-    out += ["", "## Claim 4: the oracle's head-room", ""]
-    if claims["claim4"]:
-        out += ["| task | target | oracle − DE³ [95% CI] |", "|---|---|---|"]
-        out += [f"| {r['task']} | {r['target']:g}× | {_diff(r['headroom'])} |" for r in claims["claim4"]]
-    else:
-        out.append("No oracle (or no DE³) record in the input.")
-    return out + [""]
-
-
-def claims_markdown(claims: dict) -> str:
-    """The whole report as Markdown."""
-    head = [
-        "# DE³-BERT's claims, checked against the data",
-        "",
-        f"Operating points: `{claims['protocol']}` — {claims['protocol_label']}. Intervals: 95% "
-        f"{claims['ci']} bootstrap, {claims['n_boot']} paired replicates over dev samples with the knob "
-        f"re-chosen in each; p-values two-sided from the bootstrap, Benjamini–Hochberg within each claim "
-        f"(α = {claims['alpha']:g}). Cells: estimate ±half-width. Training precision: "
-        f"{claims.get('precision', 'not recorded')}.",
-        "",
-    ]
-    return "\n".join(
-        head + _md_tasks(claims) + _md_claim1(claims) + _md_claim2(claims) + _md_claims34(claims)
-    )
-
-
-def _jsonable(x):
-    """Dataclasses, numpy scalars and arrays to plain JSON values (NaN → null)."""
-    if isinstance(x, st.Interval | st.Comparison):
-        return _jsonable(x.__dict__)
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
-
-
-def write_claims(results: Mapping, out: str | Path, **kwargs) -> list[Path]:
-    """Write claims.md and claims.json under ``out``; kwargs go to ``build_claims``."""
+def write_claims(results: Mapping, out: str | Path, cost: Mapping | None = None, **kwargs) -> list[Path]:
+    """Write claims.md and claims.json under ``out`` (their one writer); kwargs go to
+    ``build_claims``; `cost` (seconds of the analysis and of one recording pass) is stored with them."""
     claims = build_claims(results, **kwargs)
+    if cost is not None:
+        claims["cost"] = dict(cost)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     md, js = out / "claims.md", out / "claims.json"
     md.write_text(claims_markdown(claims) + "\n")
-    js.write_text(json.dumps(_jsonable(claims), indent=1, ensure_ascii=False) + "\n")
+    js.write_text(json_text(claims))
     return [md, js]
 
 
-def demo_results(n: int = 800, seed: int = 0, n_seeds: int = 2) -> dict:
-    """A synthetic results structure (one learned task, one at chance) to show the report's shape."""
-    rng = np.random.default_rng(seed)
-    L, K = 6, 40
-    labels = rng.integers(0, 2, n)
-    thr = np.linspace(0, 1, K)[:, None]
-
-    def method(skill: float) -> dict:
-        """One policy: exits monotone in the knob, per-layer predictions."""
-        u = rng.random(n)
-        exits = np.clip(L - np.floor(thr * 1.6 * L * u[None]), 1, L).astype(int)
-        layer_pred = np.where(
-            rng.random((L, n)) < skill - 0.04 * (L - np.arange(1, L + 1))[:, None], labels, 1 - labels
-        )
-        return {
-            "exits": exits,
-            "preds": layer_pred[exits - 1, np.arange(n)],
-            "correct": layer_pred == labels,
-            "entropy": rng.random((L, n)),
-        }
-
-    def task(skills: dict[str, float]) -> dict:
-        """One task with every method per seed and EDR/entropy indicators on the de3 record."""
-        seeds = {}
-        for s in range(n_seeds):
-            ms = {m: method(k) for m, k in skills.items()}
-            c = ms["de3"]["correct"]
-            ind = {
-                "de3": {"score": np.where(c, 0.0, 0.6) + rng.random(c.shape), "correct": c},
-                "de3-entropy": {"score": np.where(c, 0.0, 0.3) + rng.random(c.shape), "correct": c},
-            }
-            full = {"exits": np.full((1, n), L), "preds": ms["de3"]["preds"][:1]}
-            seeds[str(s)] = {
-                "methods": {
-                    "full-model": full,
-                    **{m: {k: v[k] for k in ("exits", "preds")} for m, v in ms.items()},
-                },
-                "indicators": ind,
-            }
-        return {
-            "metric": "accuracy",
-            "n_layers": L,
-            "labels": labels,
-            "targets": [1.5, 2.0],
-            "full_model": "full-model",
-            "seeds": seeds,
-        }
-
-    return {
-        "protocol": "crossfit",
-        "indicator_pairs": [["de3", "de3-entropy"]],
-        "tasks": {
-            "learned-task": task({"de3": 0.93, "pabee": 0.9, "deebert": 0.89}),
-            "chance-task": task({"de3": 0.5, "pabee": 0.5, "deebert": 0.5}),
-        },
-    }
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m benchmarks.claims --demo --out DIR` writes the report for synthetic data."""
+    """`python -m benchmarks.report.claims --results FILE --out DIR`: the report for a results
+    structure saved as JSON (the input shape above; arrays as lists)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--demo", action="store_true", help="synthetic results (the report's shape)")
-    ap.add_argument("--results", type=Path, help="a JSON file holding the documented input shape")
+    ap.add_argument("--results", type=Path, required=True, help="a JSON file holding the input shape")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args(argv)
-    if not (args.demo or args.results):
-        ap.error("give --demo or --results FILE")
-    results = demo_results() if args.demo else json.loads(args.results.read_text())
-    for p in write_claims(results, args.out, n_boot=args.n_boot):
+    for p in write_claims(json.loads(args.results.read_text()), args.out, n_boot=args.n_boot):
         print(p)
 
 
