@@ -46,10 +46,17 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str,
     raise ValueError(f"unknown pooling {mode!r}; valid: cls, mean")
 
 
+#: head-state keys that `cached_in_state` made: values derived from the batch's own inputs (the
+#: attention mask), which the serving engine drops when it merges batches padded to other lengths
+#: (the merged batch remakes them) instead of carrying them like real state (Past-Future's sums)
+CACHE_KEYS: set[str] = set()
+
+
 def cached_in_state(state: dict, key: str, make) -> torch.Tensor:
     """`state[key]`, made by `make()` at the first layer of a batch and reused by the others. Head
     state is batch-first, so the live engine drops exited rows from cached tensors too."""
     if key not in state:
+        CACHE_KEYS.add(key)
         state[key] = make()
     return state[key]
 
@@ -263,8 +270,10 @@ class MultiExitModel(nn.Module):
         (d / "multiexit.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True))
 
     @classmethod
-    def load(cls, directory: str | Path, attn_implementation: str | None = None) -> MultiExitModel:
-        """Rebuild from `save` output: encoder from its saved config (no download), then weights.
+    def load(cls, directory: str | Path, attn_implementation: str | None = None,
+             weights: bool = True) -> MultiExitModel:
+        """Rebuild from `save` output: encoder from its saved config (no download), then weights
+        (`weights=False`: the architecture only, e.g. to count parameters without reading them).
 
         `attn_implementation="eager"` gives a copy whose attention FLOP counters can see.
         """
@@ -274,7 +283,8 @@ class MultiExitModel(nn.Module):
         attn = attn_implementation or meta.get("attn_implementation", "sdpa")
         encoder = LayerwiseEncoder(AutoModel.from_config(config, attn_implementation=attn))
         model = get_recipe(meta["recipe"]).build(encoder, meta)
-        load_weights(model, d / WEIGHTS)
+        if weights:
+            load_weights(model, d / WEIGHTS)
         model.eval()
         return model
 

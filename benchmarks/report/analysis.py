@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import safe_open
 
 from de3bert.data import get_task
 from de3bert.metrics import glue_metrics, indicator_auroc
+from de3bert.model import MultiExitModel
 from de3bert.policy import ThresholdPolicy, predictions
 from de3bert.record import load_record, record_meta
 from de3bert.registry import all_methods, get_method
+from de3bert.weights import WEIGHTS, CorruptModel, parameter_count
 
 from ..layout import RunLayout
 from ..results import read_rows
@@ -103,9 +104,14 @@ def per_layer_table(layout: RunLayout) -> pd.DataFrame:
 
 
 def _params(model_dir: Path, part: str) -> int:
-    """Parameters of the saved model whose names contain `part`."""
-    with safe_open(str(model_dir / "final" / "model.safetensors"), "pt") as f:
-        return int(sum(np.prod(f.get_slice(k).get_shape()) for k in f.keys() if part in k))
+    """Parameters of the saved model whose names contain `part`: from the safetensors header (no
+    weights read), else (weights deleted by `keep_models: none`, or a damaged file) from the
+    architecture its saved config rebuilds; a report never needs the weights themselves."""
+    try:
+        return parameter_count(model_dir / "final" / WEIGHTS, part)
+    except (FileNotFoundError, CorruptModel):
+        model = MultiExitModel.load(model_dir / "final", weights=False)
+        return sum(p.numel() for name, p in model.named_parameters() if part in name)
 
 
 def overhead_row(layout: RunLayout, task: str, recipe: str, seed: int, length: float) -> dict | None:

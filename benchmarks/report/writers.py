@@ -17,7 +17,7 @@ import pandas as pd
 from ..layout import RunLayout
 from ..results import FULL
 from . import plots
-from .analysis import analyse
+from .analysis import analyse, overhead
 from .claims import write_claims
 from .jsonout import json_text
 from .latex import results_latex
@@ -73,6 +73,9 @@ def write_uncertainty(layout: RunLayout) -> list[Path]:
     s = run.settings
     md, js = layout.tables / "uncertainty.md", layout.tables / "uncertainty.json"
     md.write_text(uncertainty_markdown(run))
+    ov = overhead(layout)  # claim 3: DE³'s exit-head cost per layer, next to the plain heads'
+    if not ov.empty:
+        run.inputs["overhead"] = ov[ov["recipe"].isin([s.subject, "weighted"])].to_dict("records")
     claims = write_claims(run.inputs, layout.tables, de3=s.subject, alpha=s.alpha, n_boot=s.replicates,
                           seed=s.seed, analyses=run.per,
                           cost={"analysis_seconds": run.seconds, "one_pass_seconds": run.passes})
