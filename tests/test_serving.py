@@ -1,0 +1,156 @@
+"""Serving schedulers = replay: every registered deployable method, every scheduler (batch 1,
+dynamic batching, per-layer rebatching in both queue orders), staggered arrivals on a virtual clock
+(deterministic, so merges of cohorts padded to different lengths happen the same way every run):
+each request exits at its replayed layer with its replayed prediction, except near ties
+(`de3bert.ties`: a score within TIE_EPS of the knob, or top-two logits within TIE_EPS).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from de3bert import engine
+from de3bert.recipes import get_recipe
+from de3bert.registry import all_methods
+from de3bert.serving import Limits, Request, ServingEngine, make_scheduler, serve
+from de3bert.ties import TIE_EPS, exit_ties, prediction_ties
+
+METHODS = {n: m for n, m in all_methods().items() if not m.report_only and m.supports(2)[0]}
+RECIPES = sorted({m.recipe for m in METHODS.values()})
+SCENARIOS = {  # name: (scheduler, limits)
+    "batch1": ("batch1", Limits(max_batch=1, max_wait_ms=0.0)),
+    "dynamic": ("dynamic", Limits(max_batch=8, max_wait_ms=2.0)),
+    "rebatch-fullest": ("rebatch", Limits(max_batch=8, max_wait_ms=2.0, order="fullest")),
+    "rebatch-deepest": ("rebatch", Limits(max_batch=6, max_wait_ms=0.0, order="deepest")),
+}
+
+
+class VirtualClock:
+    """A clock that moves only when read (`tick` per read, a stand-in for compute) or slept on."""
+
+    def __init__(self, tick: float = 2e-4):
+        self.t, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.t += self.tick
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def _sharpen(model: torch.nn.Module, scale: float = 8.0) -> None:
+    """Spread the random-init entropies over the range (as test_policies does)."""
+    with torch.no_grad():
+        for name, mod in model.heads.named_modules():
+            if isinstance(mod, torch.nn.Linear) and "classifier" in name:
+                mod.weight.mul_(scale)
+
+
+@pytest.fixture(scope="module")
+def models(tiny_encoder, synthetic_loader):
+    """One tiny sharpened model per recipe (DE³'s prototypes from the data, then perturbed)."""
+    out = {}
+    for i, recipe in enumerate(RECIPES):
+        model = get_recipe(recipe).build(tiny_encoder(seed=i), {"num_labels": 2, "pooling": "mean"})
+        _sharpen(model)
+        if hasattr(model.heads, "prototypes"):
+            model.heads.recompute(model, synthetic_loader(32))
+            with torch.no_grad():
+                g = torch.Generator().manual_seed(i)
+                model.heads.prototypes.add_(0.5 * torch.randn(model.heads.prototypes.shape, generator=g))
+        out[recipe] = model.eval()
+    return out
+
+
+@pytest.fixture(scope="module")
+def records(models, synthetic_loader):
+    """Full-depth records over the 64 synthetic dev samples, batch 16."""
+    return {r: engine.record_signals(m, synthetic_loader(16), progress=False) for r, m in models.items()}
+
+
+@pytest.fixture(scope="module")
+def requests(synthetic_dataset):
+    """The 64 samples at their natural lengths, arriving Poisson-like (seeded) over ~6 ms: faster
+    than the virtual server, so queues build up and per-layer rebatching merges cohorts."""
+    rng, t, out = random.Random(0), 0.0, []
+    for i in range(len(synthetic_dataset)):
+        t += rng.expovariate(1 / 1e-4)
+        out.append(Request(i, dict(synthetic_dataset.features[i]), t))
+    return out
+
+
+def _knobs(policy) -> list[float]:
+    """Two grid values at quantiles of the default sweep (where some samples exit early)."""
+    g = sorted(policy.grid())
+    return list(dict.fromkeys(g[round(q * (len(g) - 1))] for q in (0.4, 0.75)))
+
+
+def _run(model, policy, knob, requests, scenario) -> tuple[dict, ServingEngine]:
+    """Every request's `Done`, by request id, and the engine (for its counters)."""
+    name, limits = SCENARIOS[scenario]
+    eng = ServingEngine(model, policy, knob)
+    clock = VirtualClock()
+    stats = serve(make_scheduler(name, eng, limits), requests, clock=clock, sleep=clock.sleep)
+    assert len(stats.completions) == len(requests)
+    return {d.rid: d for d in stats.completions}, eng
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_scheduler_equals_replay(name, models, records, requests):
+    method = METHODS[name]
+    model, record = models[method.recipe], records[method.recipe]
+    policy = method.make_policy(2, model.num_layers)
+    knobs = _knobs(policy)
+    replayed = policy.replay(record, knobs)
+    preds = engine.replay_predictions(record, replayed)
+    ties = exit_ties(policy, record, knobs, replayed) | prediction_ties(record, replayed)
+    for k, knob in enumerate(knobs):
+        for scenario in SCENARIOS:
+            done, _ = _run(model, policy, knob, requests, scenario)
+            for i in range(len(requests)):
+                d, want = done[i], int(replayed[k, i])
+                if ties[k, i]:
+                    continue  # a near tie: either side is within the documented bound
+                assert d.exit_layer == want, f"{name} {scenario} knob={knob} request {i}"
+                assert d.prediction == preds[k, i].item(), f"{name} {scenario} knob={knob} request {i}"
+                torch.testing.assert_close(d.logits, record["logits"][want - 1, i].float(),
+                                           atol=TIE_EPS, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["maxprob", "past-future", "de3"])
+def test_rebatching_merges_partial_cohorts(name, models, records, requests):
+    """The equivalence above is not vacuous for rebatching: under load, with samples exiting, the
+    fullest-first order merges cohorts (of different padded lengths, with head and policy state)."""
+    method = METHODS[name]
+    model = models[method.recipe]
+    policy = method.make_policy(2, model.num_layers)
+    grid = sorted(policy.grid())
+    spread = [len(set(e.tolist())) for e in policy.replay(records[method.recipe], grid)]
+    knob = grid[max(range(len(grid)), key=spread.__getitem__)]  # the most varied exits
+    assert max(spread) >= 2
+    _, eng = _run(model, policy, knob, requests, "rebatch-fullest")
+    assert eng.merges > 0 and eng.rows / eng.steps > 1
+
+
+def test_oracle_cannot_serve(models):
+    """A policy that reads gold labels is refused with a message that says so."""
+    oracle = all_methods()["oracle"]
+    model = models[oracle.recipe]
+    with pytest.raises(ValueError, match="gold labels"):
+        ServingEngine(model, oracle.make_policy(2, model.num_layers), oracle.policy.knob.low)
+
+
+def test_limits_and_scheduler_names_are_checked(models):
+    with pytest.raises(ValueError, match="max_batch"):
+        Limits(max_batch=0)
+    with pytest.raises(ValueError, match="valid: deepest, fullest"):
+        Limits(order="widest")
+    method = METHODS["pabee"]
+    model = models[method.recipe]
+    eng = ServingEngine(model, method.make_policy(2, model.num_layers), 2)
+    with pytest.raises(ValueError, match="valid: batch1, dynamic, rebatch"):
+        make_scheduler("fifo", eng)
