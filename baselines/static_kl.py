@@ -29,6 +29,10 @@ class StaticKlRecipe(Recipe):
         heads.train_depth = min(self.k, encoder.num_layers)  # k ≥ L: the plain full fine-tune
         return heads
 
+    def deepest_exit(self, num_layers):
+        """Layer k: the heads above it were never trained."""
+        return min(self.k, num_layers)
+
     def stages(self):
         k = self.k
         return [Stage("truncated", all_parameters,

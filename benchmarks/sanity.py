@@ -17,6 +17,7 @@ from de3bert.data import get_task
 from de3bert.engine import replay_predictions
 from de3bert.metrics import glue_metrics
 from de3bert.record import load_record
+from de3bert.registry import get_recipe
 
 from .layout import RunLayout
 
@@ -52,18 +53,20 @@ class SanityRow:
         return text + (flag if self.flagged else "")
 
 
-def deepest_metric(task: str, record: dict[str, torch.Tensor]) -> float:
-    """The headline metric of a record's deepest exit."""
+def deepest_metric(task: str, record: dict[str, torch.Tensor], recipe: str = "single") -> float:
+    """The headline metric of a record's deepest trained exit (`Recipe.deepest_exit`: layer k of a
+    truncated BERT-kL, whose record runs the untrained layers above it too)."""
     spec = get_task(task)
     L, n = record["logits"].shape[:2]
-    preds = replay_predictions(record, torch.full((1, n), L))[0]
+    depth = get_recipe(recipe).deepest_exit(L)
+    preds = replay_predictions(record, torch.full((1, n), depth))[0]
     return float(glue_metrics(spec.metrics, preds, record["labels"])[spec.headline_metric])
 
 
 def check_model(task: str, recipe: str, seed: int, record: dict, single_record: dict) -> SanityRow:
     """The guard's row for one recorded model."""
     metric = get_task(task).headline_metric
-    return SanityRow(task, recipe, seed, metric, deepest_metric(task, record),
+    return SanityRow(task, recipe, seed, metric, deepest_metric(task, record, recipe),
                      deepest_metric(task, single_record))
 
 

@@ -106,6 +106,11 @@ class Recipe(ABC):
         """Copy what the first stage trains from `trained` (a `first_stage_from` model) into `model`."""
         raise NotImplementedError(f"recipe {self.name} declares no shared first stage")
 
+    def deepest_exit(self, num_layers: int) -> int:
+        """The deepest exit this recipe trains (a truncated model's layers above it keep
+        untrained heads): what sanity checks and learned-model checks read."""
+        return num_layers
+
     def after_training(self, model: MultiExitModel, train_loader, accelerator=None) -> None:  # noqa: B027
         """Hook run once after the last stage (DE³ recomputes its prototypes here)."""
 

@@ -103,3 +103,22 @@ def test_the_sanity_guard_flags_a_model_far_below_single_and_only_that_one():
     assert not close.flagged and abs(close.gap) < 5
     table = "\n".join(sanity_markdown([close, bad]))
     assert "1 of 2 models" in table and "(flagged)" in table
+
+
+def test_a_truncated_bert_kl_is_judged_at_layer_k_not_at_its_untrained_top():
+    """Static BERT-kL records every layer, but only layers 1..k are trained: the guard and the
+    model checks read layer k (reading layer L flagged every static-kl model as a failure)."""
+    import torch
+
+    from benchmarks.report.uncertainty import every_layer_predictions
+    from benchmarks.sanity import deepest_metric
+
+    n = 200
+    labels = torch.arange(n) % 2
+    logits = torch.zeros(L, n, 2)
+    logits[:3] = torch.nn.functional.one_hot(labels, 2).float()  # layers 1..3 right
+    logits[3:, :, 0] = 1.0  # untrained layers above k = 3: one class
+    record = {"logits": logits, "labels": labels}
+    assert deepest_metric("sst2", record, "static-kl3") == 100.0
+    assert deepest_metric("sst2", record, "weighted") == 50.0
+    assert every_layer_predictions(record, "static-kl3").shape == (3, n)

@@ -20,7 +20,7 @@ import torch
 
 from de3bert.engine import replay_predictions
 from de3bert.record import load_record
-from de3bert.registry import METHODS
+from de3bert.registry import METHODS, get_recipe
 
 from ..layout import RunLayout
 from ..profiles import BootstrapSettings
@@ -61,7 +61,7 @@ def _seed_block(layout: RunLayout, task: str, seed: int, methods: list[str], rec
     L = recs["single"]["logits"].shape[0]
     out = {FULL: {"exits": np.full((1, labels.numel()), L),
                   "preds": replay_predictions(recs["single"], torch.full((1, labels.numel()), L)).numpy()}}
-    layers = {r: every_layer_predictions(rec) for r, rec in recs.items()}
+    layers = {r: every_layer_predictions(rec, r) for r, rec in recs.items()}
     for m in methods:
         side = json.loads(layout.exits(task, m, seed).read_text())
         exits = torch.tensor(side["exit_layers"])
@@ -76,10 +76,12 @@ def _seed_block(layout: RunLayout, task: str, seed: int, methods: list[str], rec
     return out, indicators, labels.numpy(), L
 
 
-def every_layer_predictions(record: dict) -> np.ndarray:
-    """`[L, N]` predictions of a recorded model at each of its exits (the model checks read them)."""
+def every_layer_predictions(record: dict, recipe: str) -> np.ndarray:
+    """`[D, N]` predictions of a recorded model at each exit it trained, D = the recipe's
+    `deepest_exit` (the model checks read the last one as the model's full-depth answer)."""
     L, n = record["logits"].shape[:2]
-    return replay_predictions(record, torch.arange(1, L + 1)[:, None].expand(L, n)).numpy()
+    D = get_recipe(recipe).deepest_exit(L)
+    return replay_predictions(record, torch.arange(1, D + 1)[:, None].expand(D, n)).numpy()
 
 
 def run_inputs(layout: RunLayout, settings: Settings) -> dict:
