@@ -33,7 +33,6 @@ from tqdm.auto import tqdm
 
 from de3bert.backbone import load_tokenizer
 from de3bert.data import (
-    TASK_DIRS,
     DataError,
     EncodedDataset,
     dev_size,
@@ -384,8 +383,8 @@ class Runner:
             if not root.is_dir():
                 raise DataError(f"data dir {root} does not exist")
             for fname in ("train.tsv", spec.dev_file):
-                if not (root / TASK_DIRS[spec.name] / fname).is_file():
-                    raise DataError(f"missing data file {root / TASK_DIRS[spec.name] / fname} "
+                if not (root / spec.folder / fname).is_file():
+                    raise DataError(f"missing data file {root / spec.folder / fname} "
                                     f"for task {spec.name}")
 
     def run(self) -> None:

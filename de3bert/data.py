@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from .tasks import TASKS, TaskSpec  # the registry: de3bert/tasks.yaml
+
 csv.field_size_limit(1 << 24)
 
 
@@ -25,75 +27,7 @@ class DataError(ValueError):
     """Missing, empty or malformed data; the message names the file and line."""
 
 
-@dataclass(frozen=True)
-class TaskSpec:
-    """One GLUE task: where its text and labels are, and how it is scored."""
-
-    name: str
-    num_labels: int  # 1 means regression
-    text_fields: tuple[str, ...]  # column names in the TSV header (CoLA: positional indices)
-    label_field: str
-    metrics: tuple[str, ...]  # first one is the headline metric
-    labels: tuple[str, ...] = ()  # label strings in class order; empty = integer labels
-    has_header: bool = True
-    dev_file: str = "dev.tsv"
-    hub_config: str = ""
-    hub_fields: tuple[str, ...] = ()
-    hub_dev_split: str = "validation"
-    columns: int = 0  # fields per row of a header-less file (CoLA: 4); 0 = the header's width
-    train_task: str = ""  # a second dev split of another task trains that task's model (mnli-mm)
-    train_rows: int = 0  # the published training-set size (estimates when the data is not local)
-    dev_rows: int = 0  # the published dev-set size (the same use)
-
-    @property
-    def is_regression(self) -> bool:
-        """One output (STS-B) instead of classes."""
-        return self.num_labels == 1
-
-    @property
-    def headline_metric(self) -> str:
-        """The metric tables rank by."""
-        return self.metrics[0]
-
-
-TASKS: dict[str, TaskSpec] = {
-    t.name: t
-    for t in [
-        TaskSpec("cola", 2, ("3",), "1", ("mcc",), has_header=False, hub_config="cola",
-                 hub_fields=("sentence",), columns=4, train_rows=8551, dev_rows=1043),
-        TaskSpec("sst2", 2, ("sentence",), "label", ("accuracy",), hub_config="sst2",
-                 hub_fields=("sentence",), train_rows=67349, dev_rows=872),
-        TaskSpec("mrpc", 2, ("#1 String", "#2 String"), "Quality", ("f1", "accuracy"),
-                 hub_config="mrpc", hub_fields=("sentence1", "sentence2"), train_rows=3668, dev_rows=408),
-        TaskSpec("stsb", 1, ("sentence1", "sentence2"), "score", ("pearson", "spearman"),
-                 hub_config="stsb", hub_fields=("sentence1", "sentence2"), train_rows=5749, dev_rows=1500),
-        TaskSpec("qqp", 2, ("question1", "question2"), "is_duplicate", ("f1", "accuracy"),
-                 hub_config="qqp", hub_fields=("question1", "question2"), train_rows=363846, dev_rows=40430),
-        TaskSpec("mnli", 3, ("sentence1", "sentence2"), "gold_label", ("accuracy",),
-                 labels=("entailment", "neutral", "contradiction"), dev_file="dev_matched.tsv",
-                 hub_config="mnli", hub_fields=("premise", "hypothesis"),
-                 hub_dev_split="validation_matched", train_rows=392702, dev_rows=9815),
-        # MNLI's mismatched dev set: the MNLI training set, its own dev file and metric name
-        TaskSpec("mnli-mm", 3, ("sentence1", "sentence2"), "gold_label", ("accuracy_mm",),
-                 labels=("entailment", "neutral", "contradiction"), dev_file="dev_mismatched.tsv",
-                 hub_config="mnli", hub_fields=("premise", "hypothesis"),
-                 hub_dev_split="validation_mismatched", train_task="mnli", train_rows=392702, dev_rows=9832),
-        TaskSpec("qnli", 2, ("question", "sentence"), "label", ("accuracy",),
-                 labels=("entailment", "not_entailment"), hub_config="qnli",
-                 hub_fields=("question", "sentence"), train_rows=104743, dev_rows=5463),
-        TaskSpec("rte", 2, ("sentence1", "sentence2"), "label", ("accuracy",),
-                 labels=("entailment", "not_entailment"), hub_config="rte",
-                 hub_fields=("sentence1", "sentence2"), train_rows=2490, dev_rows=277),
-        TaskSpec("wnli", 2, ("sentence1", "sentence2"), "label", ("accuracy",), hub_config="wnli",
-                 hub_fields=("sentence1", "sentence2"), train_rows=635, dev_rows=71),
-        # Synthetic, generated from a seed: the smoke profile and the CI golden checks use it.
-        TaskSpec("synthetic", 2, ("sentence",), "label", ("accuracy",), hub_config="", train_rows=800,
-                 dev_rows=400),
-    ]
-}
-TASK_DIRS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP",
-             "mnli": "MNLI", "mnli-mm": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
-_ALIASES = ({v.lower().replace("-", ""): k for k, v in TASK_DIRS.items() if not TASKS[k].train_task}
+_ALIASES = ({t.folder.lower().replace("-", ""): k for k, t in TASKS.items() if t.folder and not t.train_task}
             | {k.lower().replace("-", ""): k for k in TASKS}
             | {"mnlimatched": "mnli", "mnlim": "mnli", "mnlimismatched": "mnli-mm"})
 
@@ -213,6 +147,16 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str | None:
     return str(found) if found else None
 
 
+def _parser(task: TaskSpec):
+    """The reader of a task's files: its registered `parser` ("module:function"), else GLUE TSV."""
+    if not task.parser:
+        return read_tsv
+    import importlib
+
+    module, _, attr = task.parser.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 def load_examples(task: TaskSpec, split: str, data_dir: str | os.PathLike | None = None,
                   limit: int | None = None, seed: int = 0) -> list[Example]:
     """Load `train` or `dev` examples: local dir (`data_dir` or $GLUE_DIR), else the Hub.
@@ -225,7 +169,7 @@ def load_examples(task: TaskSpec, split: str, data_dir: str | os.PathLike | None
     if task.name == "synthetic":
         examples = synthetic_examples(split, 800 if split == "train" else 400, seed)
     elif path is not None:
-        examples = read_tsv(task, path)
+        examples = _parser(task)(task, path)
     else:
         examples = _load_hub(task, split)
     if limit is not None and 0 < limit < len(examples):
@@ -270,7 +214,7 @@ def data_file(task: TaskSpec, split: str, data_dir: str | os.PathLike | None = N
     root = Path(data_dir)
     if not root.is_dir():
         raise DataError(f"data dir {root} does not exist")
-    return root / TASK_DIRS[task.name] / ("train.tsv" if split == "train" else task.dev_file)
+    return root / task.folder / ("train.tsv" if split == "train" else task.dev_file)
 
 
 @functools.lru_cache(maxsize=256)

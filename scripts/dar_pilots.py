@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from de3bert.backbone import load_tokenizer
-from de3bert.data import TASK_DIRS, EncodedDataset, get_task, make_loader, resolve_data_dir
+from de3bert.data import EncodedDataset, get_task, make_loader, resolve_data_dir
 from de3bert.engine import record_signals
 from de3bert.metrics import glue_metrics
 from de3bert.train import TrainConfig, train
@@ -31,12 +31,12 @@ from de3bert.train import TrainConfig, train
 def split_training_file(task_name: str, data_dir: str, out: Path, held_out: float, seed: int) -> Path:
     """`out/<Task>/train.tsv` and `<dev file>` cut from the task's training file (header kept)."""
     task = get_task(task_name)
-    src = Path(data_dir) / TASK_DIRS[task.name] / "train.tsv"
+    src = Path(data_dir) / task.folder / "train.tsv"
     lines = src.read_text(encoding="utf-8").splitlines(keepends=True)
     header, body = (lines[:1], lines[1:]) if task.has_header else ([], lines)
     random.Random(seed).shuffle(body)
     cut = int(len(body) * held_out)
-    folder = out / TASK_DIRS[task.name]
+    folder = out / task.folder
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     (folder / "train.tsv").write_text("".join(header + body[cut:]), encoding="utf-8")

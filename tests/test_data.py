@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from de3bert.data import (
-    TASK_DIRS,
     TASKS,
     DataError,
     EncodedDataset,
@@ -36,7 +35,7 @@ def test_task_properties():
     assert not get_task("SST-2").is_regression
     assert get_task("MRPC").headline_metric == "f1"
     assert get_task("mnli").num_labels == 3
-    assert set(TASK_DIRS) == set(TASKS) - {"synthetic"}
+    assert {n for n, t in TASKS.items() if t.folder} == set(TASKS) - {"synthetic"}
 
 
 def test_unknown_task_lists_valid_names():
@@ -60,7 +59,7 @@ def test_unknown_split():
                                         ("SST-2", 872)])
 def test_real_glue_dev_row_counts(glue_dir, task, rows):
     spec = get_task(task)
-    if not (glue_dir / TASK_DIRS[spec.name] / spec.dev_file).is_file():
+    if not (glue_dir / spec.folder / spec.dev_file).is_file():
         pytest.skip(f"{task} dev file not in {glue_dir}")
     examples = load_examples(spec, "dev", glue_dir)
     assert len(examples) == rows
@@ -105,7 +104,7 @@ def test_rte_string_labels(glue_dir):
 
 
 def _write(root: Path, task: str, split_file: str, text: str) -> Path:
-    d = root / TASK_DIRS[get_task(task).name]
+    d = root / get_task(task).folder
     d.mkdir(parents=True, exist_ok=True)
     path = d / split_file
     path.write_text(text, encoding="utf-8")

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from de3bert.data import TASK_DIRS, DataError, get_task, load_examples, read_tsv
+from de3bert.data import DataError, get_task, load_examples, read_tsv
 from de3bert.metrics import glue_metrics
 
 MRPC_HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
 
 
 def _write(root: Path, task: str, name: str, text: str) -> Path:
-    d = root / TASK_DIRS[get_task(task).name]
+    d = root / get_task(task).folder
     d.mkdir(parents=True, exist_ok=True)
     (d / name).write_text(text, encoding="utf-8")
     return d / name
