@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from de3bert.record import atomic_write_text
+
 from ..stats import bootstrap as st
 from ..stats.seedsplit import SeedSplit, pool_seeds
 from .jsonout import json_text
@@ -349,8 +351,8 @@ def write_claims(results: Mapping, out: str | Path, cost: Mapping | None = None,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     md, js = out / "claims.md", out / "claims.json"
-    md.write_text(claims_markdown(claims) + "\n")
-    js.write_text(json_text(claims))
+    atomic_write_text(md, claims_markdown(claims) + "\n")
+    atomic_write_text(js, json_text(claims))
     return [md, js]
 
 

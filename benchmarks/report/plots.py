@@ -7,6 +7,7 @@ Rendering only: the frames come from `rows`, the banded plot's curves from
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -38,8 +39,10 @@ def method_colours(methods: Iterable[str]) -> dict[str, tuple]:
 def _save(fig, path: Path) -> list[Path]:
     """Save a figure as PNG and PDF next to each other, then close it."""
     paths = [path.with_suffix(".png"), path.with_suffix(".pdf")]
-    for p in paths:
-        fig.savefig(p, bbox_inches="tight", dpi=130)
+    for p in paths:  # via a temp file: a killed report never leaves half a figure
+        tmp = p.with_name(p.name + ".tmp")
+        fig.savefig(tmp, bbox_inches="tight", dpi=130, format=p.suffix[1:])
+        os.replace(tmp, p)
     plt.close(fig)
     return paths
 

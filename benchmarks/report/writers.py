@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from de3bert.record import atomic_write_text
+
 from ..layout import RunLayout
 from ..results import FULL
 from . import plots
@@ -30,8 +32,8 @@ from .uncertainty import analyse_run, band_panels, interval_records
 def write_results(layout: RunLayout, df: pd.DataFrame) -> list[Path]:
     """tables/results.md and results.tex: the point-estimate tables at every target."""
     md, tex = layout.tables / "results.md", layout.tables / "results.tex"
-    md.write_text(results_markdown(df, targets_of(df)))
-    tex.write_text(results_latex(df, targets_of(df)))
+    atomic_write_text(md, results_markdown(df, targets_of(df)))
+    atomic_write_text(tex, results_latex(df, targets_of(df)))
     return [md, tex]
 
 
@@ -43,7 +45,7 @@ def write_operating_points(layout: RunLayout, df: pd.DataFrame) -> list[Path]:
         selection += (" (each knob tuned on the dev split it is scored on, as in `results.md`; "
                       "`uncertainty.md` chooses it again by its own protocol)")
     path = layout.tables / "operating_points.md"
-    path.write_text(operating_points_markdown(operating_points(df.to_dict("records")), selection))
+    atomic_write_text(path, operating_points_markdown(operating_points(df.to_dict("records")), selection))
     return [path]
 
 
@@ -62,7 +64,7 @@ def write_figures(layout: RunLayout, df: pd.DataFrame) -> list[Path]:
 def write_indicators(layout: RunLayout) -> list[Path]:
     """tables/indicators.md: per-layer metrics, indicator AUROCs, oracle, exit-head overheads."""
     path = layout.tables / "indicators.md"
-    path.write_text(indicators_markdown(analyse(layout)))
+    atomic_write_text(path, indicators_markdown(analyse(layout)))
     return [path]
 
 
@@ -72,15 +74,15 @@ def write_uncertainty(layout: RunLayout) -> list[Path]:
     run = analyse_run(layout)
     s = run.settings
     md, js = layout.tables / "uncertainty.md", layout.tables / "uncertainty.json"
-    md.write_text(uncertainty_markdown(run))
+    atomic_write_text(md, uncertainty_markdown(run))
     ov = overhead(layout)  # claim 3: DE³'s exit-head cost per layer, next to the plain heads'
     if not ov.empty:
         run.inputs["overhead"] = ov[ov["recipe"].isin([s.subject, "weighted"])].to_dict("records")
     claims = write_claims(run.inputs, layout.tables, de3=s.subject, alpha=s.alpha, n_boot=s.replicates,
                           seed=s.seed, analyses=run.per,
                           cost={"analysis_seconds": run.seconds, "one_pass_seconds": run.passes})
-    js.write_text(json_text({"settings": s.__dict__, "seconds": run.seconds, "one_pass_seconds": run.passes,
-                             "cells": interval_records(run.per)}))
+    atomic_write_text(js, json_text({"settings": s.__dict__, "seconds": run.seconds,
+                                     "one_pass_seconds": run.passes, "cells": interval_records(run.per)}))
     return [md, js, *claims, *plots.band_plot(band_panels(run), layout.plots / "tradeoff_intervals")]
 
 
