@@ -112,8 +112,10 @@ def add_commands(sub) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="print every check, not only failures")
     p.set_defaults(fn=cmd_check)
     from .artefacts import add_export_parser
+    from .serving import add_serve_bench_parser
 
     add_export_parser(sub)
+    add_serve_bench_parser(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,8 @@ from de3bert.precision import check_precision
 from de3bert.recipes import settings_for
 from de3bert.registry import METHODS, get_recipe, unknown_name
 
+from .serving_settings import parse_settings
+
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
 
@@ -158,6 +160,10 @@ class Profile:
     train_settings: str = "equal"
     """`equal`: every recipe trains with `train` (one budget, fair); `original`: each recipe's
     published settings (spec: baselines.md, *Published training settings*) override it."""
+    serving: dict = field(default_factory=dict)
+    """The load benchmark (`de3bert serve-bench`, docs/serving.md): loads, slo_ms, duration_s,
+    max_batch, max_wait_ms, schedulers, ... (`benchmarks.serving_settings.ServingSettings`); empty:
+    off (the default)."""
 
     @classmethod
     def load(cls, name_or_path: str) -> Profile:
@@ -218,6 +224,8 @@ class Profile:
                 raise ValueError(f"{where}: task_train.{task}: not one of the profile's tasks {self.tasks}")
             _train_fields(values, f"{where}: task_train.{task}")
         _typed(TimingSettings, self.timing, f"{where}: timing")
+        if self.serving:
+            parse_settings(self.serving, f"{where}: serving")
         if self.keep_models not in KEEP_MODELS:
             raise ValueError(f"{where}: keep_models={self.keep_models!r}; valid: {', '.join(KEEP_MODELS)}")
 

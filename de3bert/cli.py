@@ -1,4 +1,4 @@
-"""The library's commands: `de3bert list | train | eval | predict` (the console entry,
+"""The library's commands: `de3bert list | train | eval | predict | serve` (the console entry,
 `benchmarks.cli`, adds `run | report | check-regression | export`; `python -m de3bert` has these alone).
 
 Flags of `train`/`eval` are generated from the `TrainConfig` dataclass (names, types, defaults
@@ -172,6 +172,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     p.add_argument("--strict", action="store_true",
                    help="an empty or undecodable line is an error (exit 2) instead of an error row")
     p.set_defaults(fn=cmd_predict)
+    from .server import add_serve_parser
+
+    add_serve_parser(sub)
     return ap, sub
 
 

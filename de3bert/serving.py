@@ -21,6 +21,8 @@ available at their arrival times on a real clock (open loop), so latency = compl
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
@@ -412,3 +414,76 @@ def serve(scheduler: Scheduler, requests: Iterable[Request],
     stats.seconds = clock() - t0
     stats.steps, stats.rows = engine.steps - steps0, engine.rows - rows0
     return stats
+
+
+# ---- a live server loop (HTTP): the same scheduler, fed from other threads ----------------------
+class ServerLoop:
+    """A scheduler run by one background thread and fed from any thread (an HTTP server's).
+
+    `submit` stamps the request's arrival on the loop's clock and returns at once; the thread admits
+    it, runs steps while the scheduler has work, sleeps on the inbox while it has none, and calls
+    each request's callback (in the loop thread) with its `Done`. One thread owns the model, so
+    the scheduler, not the web framework, decides what runs together.
+    """
+
+    def __init__(self, scheduler: Scheduler, clock: Callable[[], float] = time.perf_counter):
+        """Hold the scheduler; `start` launches the thread."""
+        self.scheduler, self.clock, self.t0 = scheduler, clock, clock()
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.callbacks: dict[int, Callable[[Done], None]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="de3bert-serving", daemon=True)
+        self._next = 0
+        self.served = 0
+        self.error: BaseException | None = None
+
+    def start(self) -> ServerLoop:
+        """Launch the loop thread."""
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the loop to end and wait for it (requests still queued are dropped)."""
+        self._stop.set()
+        self.inbox.put(None)
+        self._thread.join(timeout)
+
+    def submit(self, features: dict[str, list[int]], callback: Callable[[Done], None]) -> int:
+        """Queue one tokenised input; `callback(done)` runs in the loop thread when it exits."""
+        rid, self._next = self._next, self._next + 1
+        self.inbox.put((Request(rid, features, self.clock() - self.t0), callback))
+        return rid
+
+    def _admit(self, block: float | None) -> None:
+        """Move submitted requests into the scheduler (waiting up to `block` s for the first)."""
+        try:
+            item = self.inbox.get(timeout=block) if block is None or block > 0 else self.inbox.get_nowait()
+        except queue.Empty:
+            return
+        while item is not None:
+            request, callback = item
+            self.callbacks[request.rid] = callback
+            self.scheduler.admit(request, self.clock() - self.t0)
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _run(self) -> None:
+        """Admit, step while there is work, finish requests; sleep on the inbox otherwise."""
+        try:
+            while not self._stop.is_set():
+                now = self.clock() - self.t0
+                wait = self.scheduler.wait(now)
+                self._admit(0.0 if wait == 0.0 else wait)
+                if self._stop.is_set() or self.scheduler.wait(self.clock() - self.t0) != 0.0:
+                    continue
+                done = self.scheduler.step(self.clock() - self.t0)
+                finish = self.clock() - self.t0
+                for d in done:
+                    d.finish = finish
+                    self.served += 1
+                    self.callbacks.pop(d.rid)(d)
+        except BaseException as err:  # surfaced by /health; the thread must not die silently
+            self.error = err
+            raise

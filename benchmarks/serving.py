@@ -1,0 +1,431 @@
+"""The fourth speed-up: early exit in a server under load (`de3bert serve-bench`).
+
+For one task of a finished run (models kept), the full model and every chosen method at its
+operating points (the knobs in the run's results rows) are served by each scheduler of
+`de3bert.serving` to an open-loop stream of requests: Poisson arrivals (seeded) at offered loads
+given as fractions of the full model's measured capacity (its batch-1 closed-loop throughput on
+this machine), over the run's dev samples at their natural lengths. Time is real: requests become
+available at their arrival times on the wall clock while the server loop runs, and a request's
+latency is its completion − its arrival. Per point: p50/p95/p99 latency, achieved throughput and
+mean batch; per (contender, scheduler): the sustainable throughput (the highest load whose p99
+stays under the SLO) and the serving speed-up (÷ the full model's under the same scheduler), next
+to the limit the exits allow (layer speed-up × the full model's sustainable throughput).
+
+Every served request is also checked against replay of the run's record at the same knob (exit
+layer and prediction, near ties excepted), so a load run doubles as a live = replay check on real
+rows. Writes `serving.jsonl` (run folder), `tables/serving.md` and `serving_<task>.png` (plots).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from de3bert.data import EncodedDataset, get_task, load_examples, resolve_data_dir
+from de3bert.engine import replay_predictions
+from de3bert.model import MultiExitModel
+from de3bert.record import load_record
+from de3bert.registry import all_methods, get_method
+from de3bert.serving import Request, ServingEngine, make_scheduler, serve
+from de3bert.ties import exit_ties, prediction_ties
+
+from .layout import RunLayout
+from .serving_settings import ServingSettings, parse_settings
+
+FULL = "full-model"
+RESULTS_FILE = "serving.jsonl"
+
+
+@dataclass
+class Contender:
+    """A model, a policy and a knob to serve: the full model or a method at an operating point."""
+
+    method: str
+    target: float | None
+    knob: float
+    model: MultiExitModel
+    policy: object
+    recipe: str
+    speedup_layers: float
+
+    @property
+    def label(self) -> str:
+        """How tables and plots name it."""
+        return self.method if self.target is None else f"{self.method}@{self.target:g}x"
+
+
+# ---- what a run provides -------------------------------------------------------------------------
+def _run_profile(layout: RunLayout) -> dict:
+    path = layout.out / "profile.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{layout.out} is not a finished run: no profile.json")
+    return json.loads(path.read_text())
+
+
+def _operating_points(layout: RunLayout, task: str, seed: int, settings: ServingSettings) -> list[dict]:
+    """One results row per (method, target) to serve: its knob and layer speed-up."""
+    methods = all_methods()
+    chosen = {n for n, m in methods.items() if not m.report_only and (
+        settings.methods == "all" or (settings.methods == "main" and not m.ablation_of)
+        or (isinstance(settings.methods, list) and n in settings.methods))}
+    out: dict[tuple, dict] = {}
+    for line in layout.results.read_text().splitlines():
+        r = json.loads(line)
+        if r.get("task") != task or r.get("seed") != seed or r.get("method") not in chosen:
+            continue
+        for t in r.get("operating_point") or []:
+            if any(math.isclose(t, x) for x in settings.targets):
+                out.setdefault((r["method"], float(t)), r)
+    return [{**r, "_target": t} for (_, t), r in sorted(out.items())]
+
+
+def dev_requests(profile: dict, task: str, data_dir: str | None) -> list[dict]:
+    """The run's dev rows (its `dev_limit` subsample, in record order), tokenised, unpadded."""
+    from de3bert.backbone import load_tokenizer
+
+    from .runner import DEV_SUBSET_SEED
+
+    spec = get_task(task)
+    limit = profile.get("dev_limit") or None
+    length = {**profile.get("train", {}), **profile.get("task_train", {}).get(task, {})}.get(
+        "max_seq_length", 128)
+    examples = load_examples(spec, "dev", data_dir, limit, DEV_SUBSET_SEED)
+    ds = EncodedDataset(examples, load_tokenizer(profile["backbone"]), length, spec.is_regression)
+    return ds.features
+
+
+def contenders(layout: RunLayout, task: str, seed: int, settings: ServingSettings) -> list[Contender]:
+    """The full model (fixed exit at L: heads at the last layer only) and every chosen method at
+    each target, models loaded once per recipe."""
+    spec, models = get_task(task), {}
+
+    def model(recipe: str) -> MultiExitModel:
+        if recipe not in models:
+            path = layout.model_dir(task, recipe, seed) / "final"
+            if not path.is_dir():
+                raise FileNotFoundError(f"{path}: no kept model (the run used keep_models: none?)")
+            models[recipe] = MultiExitModel.load(path).eval()
+        return models[recipe]
+
+    full = model("single")
+    out = [Contender(FULL, None, full.num_layers, full,
+                     get_method("fixed-exit").make_policy(spec.num_labels, full.num_layers), "single", 1.0)]
+    for r in _operating_points(layout, task, seed, settings):
+        method = get_method(r["method"])
+        m = model(method.recipe)
+        out.append(Contender(method.name, r["_target"], float(r["knob"]["value"]), m,
+                             method.make_policy(spec.num_labels, m.num_layers), method.recipe,
+                             float(r["speedup_layers"])))
+    return out
+
+
+# ---- one load point -----------------------------------------------------------------------------
+def poisson_requests(pool: list[dict], rate: float, duration: float, max_requests: int,
+                     seed: int) -> tuple[list[Request], list[int]]:
+    """Arrivals at `rate`/s for `duration` s (at most `max_requests`, at least one), each carrying a
+    dev sample drawn with the same seed; also the dev index of every request."""
+    rng, t, reqs, index = random.Random(seed), 0.0, [], []
+    while len(reqs) < max_requests:
+        t += rng.expovariate(rate)
+        if t > duration and reqs:
+            break
+        i = rng.randrange(len(pool))
+        reqs.append(Request(len(reqs), pool[i], t))
+        index.append(i)
+    return reqs, index
+
+
+def _engine(c: Contender, pad: int) -> ServingEngine:
+    return ServingEngine(c.model, c.policy, c.knob, pad)
+
+
+def warm_up(c: Contender, pool: list[dict], n: int, pad: int) -> float:
+    """Serve `n` requests closed-loop at batch 1; their mean service time (s)."""
+    if n == 0:
+        return 0.0
+    reqs = [Request(i, pool[i % len(pool)], 0.0) for i in range(n)]
+    stats = serve(make_scheduler("batch1", _engine(c, pad)), reqs)
+    return stats.seconds / n
+
+
+def point(c: Contender, scheduler: str, settings: ServingSettings, reqs: list[Request],
+          pad: int) -> tuple[dict, list]:
+    """Serve one load point; its latency percentiles, throughput and batch statistics, and the
+    completions (for the replay check)."""
+    eng = _engine(c, pad)
+    stats = serve(make_scheduler(scheduler, eng, settings.limits), reqs)
+    lat = np.array([d.latency for d in stats.completions]) * 1000
+    span = max(d.finish for d in stats.completions) - min(r.arrival for r in reqs)
+    return {"n": len(reqs), "p50_ms": float(np.percentile(lat, 50)),
+            "p95_ms": float(np.percentile(lat, 95)), "p99_ms": float(np.percentile(lat, 99)),
+            "mean_ms": float(lat.mean()), "achieved_rps": len(reqs) / max(span, 1e-9),
+            "mean_batch": stats.rows / max(stats.steps, 1), "steps": stats.steps,
+            "merges": eng.merges, "idle_s": stats.idle, "wall_s": stats.seconds}, stats.completions
+
+
+def replay_check(c: Contender, record: dict | None, done: list, index: list[int]) -> dict:
+    """Served exits and predictions against replay of the run's record at the same knob:
+    disagreements in all, and those that are not near ties (`de3bert.ties`; must be 0)."""
+    if record is None:
+        return {"checked": 0}
+    replayed = c.policy.replay(record, [c.knob])
+    preds = replay_predictions(record, replayed)[0]
+    ties = (exit_ties(c.policy, record, [c.knob], replayed) | prediction_ties(record, replayed))[0]
+    differ = unexplained = 0
+    for d in done:
+        i = index[d.rid]
+        if d.exit_layer != int(replayed[0, i]) or d.prediction != preds[i].item():
+            differ += 1
+            unexplained += int(not ties[i])
+    return {"checked": len(done), "differ": differ, "differ_not_tie": unexplained}
+
+
+# ---- sweeps -------------------------------------------------------------------------------------
+@dataclass
+class Bench:
+    """One task's load benchmark: the run, the dev pool, the settings and what was measured."""
+
+    layout: RunLayout
+    task: str
+    seed: int
+    settings: ServingSettings
+    pool: list[dict]
+    pad: int
+    capacity: float = 0.0
+    slo_ms: float = 0.0
+    rows: list[dict] = field(default_factory=list)
+    records: dict = field(default_factory=dict)
+
+    def record(self, recipe: str) -> dict | None:
+        """The run's dev record of `recipe` (None if absent or of another dev set)."""
+        if recipe not in self.records:
+            path = self.layout.record(self.task, recipe, self.seed)
+            rec = load_record(path) if path.is_file() else None
+            ok = rec is not None and rec["labels"].shape[0] == len(self.pool)
+            self.records[recipe] = rec if ok else None
+        return self.records[recipe]
+
+    def calibrate(self, full: Contender) -> None:
+        """The full model's batch-1 capacity (closed loop over the pool) and the SLO."""
+        warm_up(full, self.pool, self.settings.warmup, self.pad)
+        n = min(len(self.pool), 200)
+        service = warm_up(full, self.pool[:n], n, self.pad)
+        self.capacity = 1.0 / service
+        self.slo_ms = self.settings.slo_ms or 10 * service * 1000
+
+    def sweep(self, c: Contender, scheduler: str, progress: bool = True) -> None:
+        """Every load of one (contender, scheduler), lowest first, stopping after the first load
+        whose p99 misses the SLO (higher loads only queue more)."""
+        s = self.settings
+        for k, load in enumerate(sorted(s.loads)):
+            rate = load * self.capacity
+            reqs, index = poisson_requests(self.pool, rate, s.duration_s, s.max_requests, s.seed + k)
+            row, done = point(c, scheduler, s, reqs, self.pad)
+            row.update(self._keys(c, scheduler), load=load, offered_rps=rate,
+                       meets_slo=row["p99_ms"] <= self.slo_ms,
+                       replay=replay_check(c, self.record(c.recipe), done, index))
+            self.rows.append(row)
+            if progress:
+                print(f"  {c.label:>22} {scheduler:>8} load {load:4.2f}: p50 {row['p50_ms']:7.2f} "
+                      f"p99 {row['p99_ms']:8.2f} ms, {row['achieved_rps']:7.1f} rps, batch "
+                      f"{row['mean_batch']:.1f}, replay differs {row['replay'].get('differ', '-')}",
+                      flush=True)
+            if not row["meets_slo"]:
+                break
+
+    def _keys(self, c: Contender, scheduler: str) -> dict:
+        return {"kind": "point", "task": self.task, "seed": self.seed, "method": c.method,
+                "target": c.target, "knob": c.knob, "recipe": c.recipe, "scheduler": scheduler,
+                "limits": asdict(self.settings.limits), "speedup_layers": c.speedup_layers,
+                "capacity_rps": self.capacity, "slo_ms": self.slo_ms}
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per (method, target, scheduler): sustainable throughput, serving speed-up (÷ the full model's
+    under the same scheduler) and the fraction of the limit (layer speed-up × the full model's)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("kind") == "point":
+            groups.setdefault((r["task"], r["method"], r["target"], r["scheduler"]), []).append(r)
+    best = {k: max([r["offered_rps"] for r in g if r["meets_slo"]], default=0.0) for k, g in groups.items()}
+    out = []
+    for (task, method, target, sched), g in groups.items():
+        full = best.get((task, FULL, None, sched), 0.0)
+        sus, sp = best[(task, method, target, sched)], g[0]["speedup_layers"]
+        at_half = [r for r in g if math.isclose(r["load"], 0.5)]
+        out.append({"kind": "summary", "task": task, "method": method, "target": target,
+                    "scheduler": sched, "knob": g[0]["knob"], "speedup_layers": sp,
+                    "sustainable_rps": sus, "serving_speedup": sus / full if full else None,
+                    "limit_rps": sp * full, "of_limit": sus / (sp * full) if full else None,
+                    "p99_at_half_ms": at_half[0]["p99_ms"] if at_half else None,
+                    "slo_ms": g[0]["slo_ms"], "capacity_rps": g[0]["capacity_rps"],
+                    "loads_tested": max(r["load"] for r in g),
+                    "replay_differ_not_tie": sum(r["replay"].get("differ_not_tie", 0) for r in g)})
+    return out
+
+
+def machine() -> dict:
+    """Where the figures were measured."""
+    return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+# ---- a whole task, its files, the command -------------------------------------------------------
+def run_bench(layout: RunLayout, task: str, settings: ServingSettings, data_dir: str | None = None,
+              progress: bool = True) -> list[dict]:
+    """Calibrate on the full model, then sweep every contender × scheduler; rows and summaries."""
+    from de3bert.backbone import load_tokenizer
+
+    profile = _run_profile(layout)
+    seeds = profile.get("seeds") or [0]
+    seed = seeds[0]
+    pool = dev_requests(profile, task, data_dir)
+    pad = load_tokenizer(profile["backbone"]).pad_token_id or 0
+    bench = Bench(layout, task, seed, settings, pool, pad)
+    found = contenders(layout, task, seed, settings)
+    bench.calibrate(found[0])
+    if progress:
+        print(f"{task}: {len(pool)} dev samples, capacity {bench.capacity:.1f} req/s at batch 1, "
+              f"SLO p99 ≤ {bench.slo_ms:.1f} ms, {len(found)} contenders", flush=True)
+    for c in found:
+        warm_up(c, pool, settings.warmup, pad)
+        for scheduler in settings.schedulers:
+            bench.sweep(c, scheduler, progress)
+    info = {"machine": machine(), "settings": asdict(settings)}
+    return [{**r, **info} for r in bench.rows + summarize(bench.rows)]
+
+
+def write_outputs(rows: list[dict], out: Path, plots: Path, task: str) -> list[Path]:
+    """Rows into `<out>/serving.jsonl` (this task's earlier rows replaced), the Markdown table of
+    every task in it, and this task's latency-vs-load plot."""
+    path = out / RESULTS_FILE
+    kept = []
+    if path.is_file():
+        kept = [json.loads(x) for x in path.read_text().splitlines() if json.loads(x)["task"] != task]
+    every = kept + rows
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in every))
+    tmp.replace(path)
+    table = out / "tables" / "serving.md"
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.write_text(markdown_table(every))
+    return [path, table, plot_latency(rows, plots / f"serving_{task}.png")]
+
+
+def _fmt(v, spec: str = ".2f") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """One line per (task, contender, scheduler): p50/p99 at 50% load, sustainable throughput,
+    serving speed-up and the fraction of the limit the exits allow."""
+    summ = [r for r in rows if r.get("kind") == "summary"]
+    lines = ["# Serving under load", "",
+             "Open-loop Poisson arrivals on a real clock; loads are fractions of the full model's "
+             "batch-1 capacity. Sustainable = the highest load whose p99 meets the SLO; speed-up = "
+             "÷ the full model's sustainable throughput under the same scheduler; limit = layer "
+             "speed-up × that. `replay ≠` counts served requests whose exit or prediction differs "
+             "from replay and is not a near tie (must be 0).", ""]
+    for r in summ[:1]:
+        m = r.get("machine", {})
+        lines += [f"Machine: {m.get('cpu', '?')}, {m.get('threads', '?')} torch thread(s), torch "
+                  f"{m.get('torch', '?')}; limits {rows[0].get('limits')}.", ""]
+    lines += ["| task | contender | scheduler | layer sp. | p50 @50% (ms) | p99 @50% (ms) | SLO (ms) | "
+              "sustainable (req/s) | serving sp. | of limit | replay ≠ |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    half = {(r["task"], r["method"], r["target"], r["scheduler"]): r for r in rows
+            if r.get("kind") == "point" and math.isclose(r["load"], 0.5)}
+    for r in sorted(summ, key=lambda r: (r["task"], r["method"] != FULL, r["method"], r["target"] or 0,
+                                         r["scheduler"])):
+        p = half.get((r["task"], r["method"], r["target"], r["scheduler"]), {})
+        name = r["method"] if r["target"] is None else f"{r['method']} @{r['target']:g}×"
+        lines.append(f"| {r['task']} | {name} | {r['scheduler']} | {r['speedup_layers']:.2f} | "
+                     f"{_fmt(p.get('p50_ms'))} | {_fmt(p.get('p99_ms'))} | {r['slo_ms']:.1f} | "
+                     f"{r['sustainable_rps']:.1f} | {_fmt(r['serving_speedup'])} | "
+                     f"{_fmt(r['of_limit'])} | {r['replay_differ_not_tie']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_latency(rows: list[dict], path: Path) -> Path:
+    """p99 latency against offered load, one panel per scheduler, one line per contender."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [r for r in rows if r.get("kind") == "point"]
+    scheds = list(dict.fromkeys(r["scheduler"] for r in points))
+    fig, axes = plt.subplots(1, len(scheds), figsize=(5 * len(scheds), 4), squeeze=False, sharey=True)
+    for ax, sched in zip(axes[0], scheds, strict=True):
+        lines: dict[str, list] = {}
+        for r in points:
+            if r["scheduler"] == sched:
+                name = r["method"] if r["target"] is None else f"{r['method']}@{r['target']:g}x"
+                lines.setdefault(name, []).append((r["load"], r["p99_ms"]))
+        for name, xy in lines.items():
+            xs, ys = zip(*sorted(xy), strict=True)
+            ax.plot(xs, ys, marker="o", lw=2.5 if name == FULL else 1, label=name)
+        ax.axhline(points[0]["slo_ms"], color="k", ls="--", lw=0.8)
+        ax.set(title=sched, xlabel="offered load (× full model batch-1 capacity)", yscale="log")
+    axes[0][0].set_ylabel("p99 latency (ms)")
+    axes[0][-1].legend(fontsize=6, loc="upper left")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def cmd_serve_bench(args) -> int:
+    """`de3bert serve-bench`: the load benchmark of one task of a finished run."""
+    layout = RunLayout.for_run("", args.run, args.plots_dir)
+    block = _run_profile(layout).get("serving") or {}
+    flags = {k: getattr(args, k) for k in ("loads", "slo_ms", "duration_s", "max_requests", "max_batch",
+                                           "max_wait_ms", "order", "schedulers", "methods", "targets",
+                                           "seed", "warmup") if getattr(args, k) is not None}
+    if isinstance(flags.get("methods"), list) and flags["methods"] in (["all"], ["main"]):
+        flags["methods"] = flags["methods"][0]
+    settings = parse_settings({**block, **flags}, "serving")
+    torch.set_num_threads(args.threads)
+    data_dir = resolve_data_dir(args.data_dir)
+    rows = run_bench(layout, args.task, settings, data_dir, progress=not args.no_progress)
+    out = Path(args.out) if args.out else layout.out
+    plots = Path(args.plots_dir) if args.plots_dir else (out / "plots" if args.out else layout.plots)
+    for p in write_outputs(rows, out, plots, args.task):
+        print(p)
+    return 0
+
+
+def add_serve_bench_parser(sub) -> None:
+    """The `serve-bench` subcommand (flags override the run's `serving:` block)."""
+    p = sub.add_parser("serve-bench", help="latency and throughput under load per method and scheduler")
+    p.add_argument("--run", required=True, help="a finished run folder (models kept)")
+    p.add_argument("--task", required=True)
+    p.add_argument("--out", default="", help="where serving.jsonl and tables/ go (default: the run)")
+    p.add_argument("--plots-dir", default=None, help="where the plot goes (default: the run's plots)")
+    p.add_argument("--data-dir", default=None,
+                   help="local glue_data/ (default: $GLUE_DIR, else the checkout's)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the server (default 1)")
+    p.add_argument("--loads", type=float, nargs="+", default=None, help="fractions of capacity")
+    p.add_argument("--slo-ms", type=float, default=None, help="p99 objective (0: 10 × batch-1 service)")
+    p.add_argument("--duration-s", type=float, default=None, help="seconds of arrivals per load")
+    p.add_argument("--max-requests", type=int, default=None, help="requests per load at most")
+    p.add_argument("--max-batch", type=int, default=None)
+    p.add_argument("--max-wait-ms", type=float, default=None)
+    p.add_argument("--order", default=None, help="rebatching queue order: fullest or deepest")
+    p.add_argument("--schedulers", nargs="+", default=None, help="batch1 dynamic rebatch")
+    p.add_argument("--methods", nargs="+", default=None, help="all, main or method names")
+    p.add_argument("--targets", type=float, nargs="+", default=None, help="operating points (1.5 2.0)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=cmd_serve_bench)
