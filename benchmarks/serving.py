@@ -25,6 +25,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from de3bert.engine import replay_predictions
 from de3bert.model import MultiExitModel
 from de3bert.record import load_record
 from de3bert.registry import all_methods, get_method
-from de3bert.serving import Request, ServingEngine, make_scheduler, serve
+from de3bert.serving import Done, Request, Scheduler, ServingEngine, make_scheduler, precise_sleep, serve
 from de3bert.ties import exit_ties, prediction_ties
 
 from .layout import RunLayout
@@ -87,8 +88,9 @@ def _operating_points(layout: RunLayout, task: str, seed: int, settings: Serving
     return [{**r, "_target": t} for (_, t), r in sorted(out.items())]
 
 
-def dev_requests(profile: dict, task: str, data_dir: str | None) -> list[dict]:
-    """The run's dev rows (its `dev_limit` subsample, in record order), tokenised, unpadded."""
+def dev_requests(profile: dict, task: str, data_dir: str | None) -> tuple[list[dict], list[str]]:
+    """The run's dev rows (its `dev_limit` subsample, in record order), tokenised, unpadded; and
+    their first texts (for the HTTP round trips: single-sentence tasks)."""
     from de3bert.backbone import load_tokenizer
 
     from .runner import DEV_SUBSET_SEED
@@ -99,7 +101,7 @@ def dev_requests(profile: dict, task: str, data_dir: str | None) -> list[dict]:
         "max_seq_length", 128)
     examples = load_examples(spec, "dev", data_dir, limit, DEV_SUBSET_SEED)
     ds = EncodedDataset(examples, load_tokenizer(profile["backbone"]), length, spec.is_regression)
-    return ds.features
+    return ds.features, [e.texts[0] for e in examples]
 
 
 def contenders(layout: RunLayout, task: str, seed: int, settings: ServingSettings) -> list[Contender]:
@@ -161,7 +163,7 @@ def point(c: Contender, scheduler: str, settings: ServingSettings, reqs: list[Re
     """Serve one load point; its latency percentiles, throughput and batch statistics, and the
     completions (for the replay check)."""
     eng = _engine(c, pad)
-    stats = serve(make_scheduler(scheduler, eng, settings.limits), reqs)
+    stats = serve(make_scheduler(scheduler, eng, settings.limits), reqs, sleep=precise_sleep)
     lat = np.array([d.latency for d in stats.completions]) * 1000
     span = max(d.finish for d in stats.completions) - min(r.arrival for r in reqs)
     return {"n": len(reqs), "p50_ms": float(np.percentile(lat, 50)),
@@ -186,6 +188,110 @@ def replay_check(c: Contender, record: dict | None, done: list, index: list[int]
             differ += 1
             unexplained += int(not ties[i])
     return {"checked": len(done), "differ": differ, "differ_not_tie": unexplained}
+
+
+class NoOpScheduler(Scheduler):
+    """Finishes every request the moment it is admitted: what the driver costs by itself."""
+
+    name = "noop"
+
+    def __init__(self):
+        """A stand-in engine with the counters `serve` reads."""
+        super().__init__(SimpleNamespace(steps=0, rows=0, num_layers=1))
+
+    def wait(self, now: float) -> float | None:
+        """Work whenever a request waits."""
+        return 0.0 if self.queue else None
+
+    def step(self, now: float) -> list[Done]:
+        r = self.queue.popleft()
+        self.engine.steps, self.engine.rows = self.engine.steps + 1, self.engine.rows + 1
+        return [Done(r.rid, 0, torch.zeros(1), 0.0, r.arrival)]
+
+
+def generator_overhead(pool: list[dict], rate: float, duration: float, max_requests: int,
+                       seed: int) -> dict:
+    """The load generator against a no-op model at `rate`: its latencies are the driver's own
+    (waking up for an arrival, admitting, stamping)."""
+    reqs, _ = poisson_requests(pool, rate, duration, max_requests, seed)
+    stats = serve(NoOpScheduler(), reqs, sleep=precise_sleep)
+    lat = np.array([d.latency for d in stats.completions]) * 1e6
+    return {"n": len(reqs), "mean_us": float(lat.mean()), "p50_us": float(np.percentile(lat, 50)),
+            "p99_us": float(np.percentile(lat, 99))}
+
+
+def _http_rows(layout: RunLayout, task: str, found: list[Contender], texts: list[str],
+               progress: bool) -> list[dict]:
+    """The HTTP overhead of the first method at an operating point (single-sentence tasks)."""
+    points = [c for c in found if c.target is not None]
+    if not points or len(get_task(task).text_fields) != 1:
+        return []
+    c = points[0]
+    row = http_overhead(layout, task, c.method, c.target, texts[:200], torch.get_num_threads())
+    if progress:
+        print(f"  HTTP over loopback, {c.label}: round trip p50 {row['round_trip_p50_ms']:.2f} ms, server "
+              f"{row['server_p50_ms']:.2f} ms, overhead {row['overhead_p50_ms']:.2f} ms", flush=True)
+    return [row]
+
+
+def http_overhead(layout: RunLayout, task: str, method: str, target: float, texts: list[str],
+                  threads: int = 1) -> dict:
+    """Round trips over loopback, one request at a time, to `de3bert serve` (batch 1) on the method's
+    exported folder: the client-measured time minus the server's own latency (submit → exit) is
+    what HTTP, JSON and tokenisation add to a request."""
+    import http.client
+    import os
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    from .artefacts import export_from_run
+
+    with tempfile.TemporaryDirectory() as tmp, socket.socket() as s:
+        folder = export_from_run(layout.out, task, method, target, Path(tmp) / "model")
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        server = subprocess.Popen([sys.executable, "-m", "de3bert", "serve", "--model", str(folder), "--port",
+                                   str(port), "--scheduler", "batch1", "--threads", str(threads),
+                                   "--target", str(target)], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        try:
+            conn = _connect(http.client, port)
+            trips, inside = [], []
+            for text in texts:
+                t = time.perf_counter()
+                conn.request("POST", "/predict", json.dumps({"text": text}),
+                             {"Content-Type": "application/json"})
+                body = json.loads(conn.getresponse().read())
+                trips.append((time.perf_counter() - t) * 1000)
+                inside.append(body["latency_ms"])
+        finally:
+            server.terminate()
+            server.wait(20)
+    extra = np.array(trips[8:]) - np.array(inside[8:])  # the first few warm the server up
+    return {"kind": "http", "task": task, "method": method, "target": target, "n": len(extra),
+            "round_trip_p50_ms": float(np.percentile(trips[8:], 50)),
+            "server_p50_ms": float(np.percentile(inside[8:], 50)),
+            "overhead_p50_ms": float(np.percentile(extra, 50)), "overhead_mean_ms": float(extra.mean())}
+
+
+def _connect(client, port: int, timeout: float = 120.0):
+    """A keep-alive connection to the server on loopback once `/health` answers."""
+    deadline = time.time() + timeout
+    while True:
+        conn = client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            conn.request("GET", "/health")
+            conn.getresponse().read()
+            return conn
+        except OSError:
+            conn.close()
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 # ---- sweeps -------------------------------------------------------------------------------------
@@ -280,25 +386,35 @@ def machine() -> dict:
 
 # ---- a whole task, its files, the command -------------------------------------------------------
 def run_bench(layout: RunLayout, task: str, settings: ServingSettings, data_dir: str | None = None,
-              progress: bool = True) -> list[dict]:
-    """Calibrate on the full model, then sweep every contender × scheduler; rows and summaries."""
+              progress: bool = True, http: bool = False) -> list[dict]:
+    """Calibrate on the full model, then sweep every contender × scheduler; rows and summaries
+    (`http`: also the HTTP overhead of the first method at an operating point, over loopback)."""
     from de3bert.backbone import load_tokenizer
 
     profile = _run_profile(layout)
     seeds = profile.get("seeds") or [0]
     seed = seeds[0]
-    pool = dev_requests(profile, task, data_dir)
+    pool, texts = dev_requests(profile, task, data_dir)
     pad = load_tokenizer(profile["backbone"]).pad_token_id or 0
     bench = Bench(layout, task, seed, settings, pool, pad)
     found = contenders(layout, task, seed, settings)
     bench.calibrate(found[0])
+    service_us = 1e6 / bench.capacity
+    over = generator_overhead(pool, 0.5 * bench.capacity, settings.duration_s, settings.max_requests,
+                              settings.seed)
+    bench.rows.append({"kind": "overhead", "task": task, **over, "service_us": service_us,
+                       "share_of_service": over["mean_us"] / service_us})
     if progress:
         print(f"{task}: {len(pool)} dev samples, capacity {bench.capacity:.1f} req/s at batch 1, "
-              f"SLO p99 ≤ {bench.slo_ms:.1f} ms, {len(found)} contenders", flush=True)
+              f"SLO p99 ≤ {bench.slo_ms:.1f} ms, {len(found)} contenders; load generator overhead "
+              f"{over['mean_us']:.0f} µs mean ({100 * over['mean_us'] / service_us:.2f}% of a "
+              "request's batch-1 service time)", flush=True)
     for c in found:
         warm_up(c, pool, settings.warmup, pad)
         for scheduler in settings.schedulers:
             bench.sweep(c, scheduler, progress)
+    if http:
+        bench.rows += _http_rows(layout, task, found, texts, progress)
     info = {"machine": machine(), "settings": asdict(settings)}
     return [{**r, **info} for r in bench.rows + summarize(bench.rows)]
 
@@ -335,10 +451,19 @@ def markdown_table(rows: list[dict]) -> str:
              "÷ the full model's sustainable throughput under the same scheduler; limit = layer "
              "speed-up × that. `replay ≠` counts served requests whose exit or prediction differs "
              "from replay and is not a near tie (must be 0).", ""]
-    for r in summ[:1]:
-        m = r.get("machine", {})
-        lines += [f"Machine: {m.get('cpu', '?')}, {m.get('threads', '?')} torch thread(s), torch "
-                  f"{m.get('torch', '?')}; limits {rows[0].get('limits')}.", ""]
+    first = next((r for r in rows if r.get("kind") == "point"), {})
+    m = first.get("machine", {})
+    lines += [f"Machine: {m.get('cpu', '?')}, {m.get('threads', '?')} torch thread(s), torch "
+              f"{m.get('torch', '?')}; limits {first.get('limits')}.", ""]
+    for h in (r for r in rows if r.get("kind") == "http"):
+        lines += [f"HTTP over loopback ({h['task']}, {h['method']} @{h['target']:g}×, batch 1, {h['n']} "
+                  f"sequential requests): round trip p50 {h['round_trip_p50_ms']:.2f} ms, of which the "
+                  f"server's own latency {h['server_p50_ms']:.2f} ms; HTTP + JSON + tokenisation add "
+                  f"{h['overhead_p50_ms']:.2f} ms (p50).", ""]
+    for o in (r for r in rows if r.get("kind") == "overhead"):
+        lines += [f"Load generator alone ({o['task']}, no-op model, 50% load): {o['mean_us']:.0f} µs mean, "
+                  f"{o['p99_us']:.0f} µs p99 = {100 * o['share_of_service']:.2f}% of the full model's "
+                  f"batch-1 service time ({o['service_us'] / 1000:.2f} ms).", ""]
     lines += ["| task | contender | scheduler | layer sp. | p50 @50% (ms) | p99 @50% (ms) | SLO (ms) | "
               "sustainable (req/s) | serving sp. | of limit | replay ≠ |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -397,7 +522,7 @@ def cmd_serve_bench(args) -> int:
     settings = parse_settings({**block, **flags}, "serving")
     torch.set_num_threads(args.threads)
     data_dir = resolve_data_dir(args.data_dir)
-    rows = run_bench(layout, args.task, settings, data_dir, progress=not args.no_progress)
+    rows = run_bench(layout, args.task, settings, data_dir, progress=not args.no_progress, http=args.http)
     out = Path(args.out) if args.out else layout.out
     plots = Path(args.plots_dir) if args.plots_dir else (out / "plots" if args.out else layout.plots)
     for p in write_outputs(rows, out, plots, args.task):
@@ -427,5 +552,7 @@ def add_serve_bench_parser(sub) -> None:
     p.add_argument("--targets", type=float, nargs="+", default=None, help="operating points (1.5 2.0)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--http", action="store_true",
+                   help="also time round trips to `de3bert serve` over loopback (the HTTP overhead)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(fn=cmd_serve_bench)
