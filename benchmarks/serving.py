@@ -419,13 +419,41 @@ def run_bench(layout: RunLayout, task: str, settings: ServingSettings, data_dir:
     return [{**r, **info} for r in bench.rows + summarize(bench.rows)]
 
 
+def equivalence(layout: RunLayout, task: str, settings: ServingSettings, data_dir: str | None = None,
+                progress: bool = True) -> list[dict]:
+    """Every chosen method at every target, every scheduler: the whole dev set arrives at once
+    (so batches fill and rebatching merges) and each served request is compared with replay."""
+    from de3bert.backbone import load_tokenizer
+
+    profile = _run_profile(layout)
+    seed = (profile.get("seeds") or [0])[0]
+    pool, _ = dev_requests(profile, task, data_dir)
+    pad = load_tokenizer(profile["backbone"]).pad_token_id or 0
+    bench, rows = Bench(layout, task, seed, settings, pool, pad), []
+    for c in contenders(layout, task, seed, settings):
+        for scheduler in settings.schedulers:
+            eng = _engine(c, pad)
+            reqs = [Request(i, f, 0.0) for i, f in enumerate(pool)]
+            stats = serve(make_scheduler(scheduler, eng, settings.limits), reqs)
+            check = replay_check(c, bench.record(c.recipe), stats.completions, list(range(len(pool))))
+            rows.append({"kind": "equivalence", "task": task, "method": c.method, "target": c.target,
+                         "knob": c.knob, "scheduler": scheduler, "limits": asdict(settings.limits),
+                         "merges": eng.merges, "mean_batch": stats.rows / max(stats.steps, 1), **check})
+            if progress:
+                print(f"  {c.label:>22} {scheduler:>8}: {check['checked']} served, replay differs "
+                      f"{check.get('differ')} ({check.get('differ_not_tie')} not near ties), "
+                      f"{eng.merges} merges", flush=True)
+    return rows
+
+
 def write_outputs(rows: list[dict], out: Path, plots: Path, task: str) -> list[Path]:
-    """Rows into `<out>/serving.jsonl` (this task's earlier rows replaced), the Markdown table of
-    every task in it, and this task's latency-vs-load plot."""
+    """Rows into `<out>/serving.jsonl` (this task's earlier rows of the same kinds replaced), the
+    Markdown table of every task in it, and this task's latency-vs-load plot."""
     path = out / RESULTS_FILE
-    kept = []
+    kinds, kept = {r.get("kind") for r in rows}, []
     if path.is_file():
-        kept = [json.loads(x) for x in path.read_text().splitlines() if json.loads(x)["task"] != task]
+        kept = [r for r in map(json.loads, path.read_text().splitlines())
+                if r["task"] != task or r.get("kind") not in kinds]
     every = kept + rows
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -434,6 +462,8 @@ def write_outputs(rows: list[dict], out: Path, plots: Path, task: str) -> list[P
     table = out / "tables" / "serving.md"
     table.parent.mkdir(parents=True, exist_ok=True)
     table.write_text(markdown_table(every))
+    if not any(r.get("kind") == "point" for r in rows):
+        return [path, table]
     return [path, table, plot_latency(rows, plots / f"serving_{task}.png")]
 
 
@@ -445,6 +475,8 @@ def markdown_table(rows: list[dict]) -> str:
     """One line per (task, contender, scheduler): p50/p99 at 50% load, sustainable throughput,
     serving speed-up and the fraction of the limit the exits allow."""
     summ = [r for r in rows if r.get("kind") == "summary"]
+    if not summ:
+        return "\n".join(["# Serving under load", *equivalence_lines(rows)]) + "\n"
     lines = ["# Serving under load", "",
              "Open-loop Poisson arrivals on a real clock; loads are fractions of the full model's "
              "batch-1 capacity. Sustainable = the highest load whose p99 meets the SLO; speed-up = "
@@ -477,7 +509,22 @@ def markdown_table(rows: list[dict]) -> str:
                      f"{_fmt(p.get('p50_ms'))} | {_fmt(p.get('p99_ms'))} | {r['slo_ms']:.1f} | "
                      f"{r['sustainable_rps']:.1f} | {_fmt(r['serving_speedup'])} | "
                      f"{_fmt(r['of_limit'])} | {r['replay_differ_not_tie']} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + equivalence_lines(rows)) + "\n"
+
+
+def equivalence_lines(rows: list[dict]) -> list[str]:
+    """The served = replay table (`--equivalence`): per task, method, target and scheduler."""
+    eq = [r for r in rows if r.get("kind") == "equivalence"]
+    if not eq:
+        return []
+    out = ["", "## Served = replay (whole dev set at once)", "",
+           "| task | contender | scheduler | served | differ | not near ties | merges | mean batch |",
+           "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in eq:
+        name = r["method"] if r["target"] is None else f"{r['method']} @{r['target']:g}×"
+        out.append(f"| {r['task']} | {name} | {r['scheduler']} | {r['checked']} | {r.get('differ', '–')} | "
+                   f"{r.get('differ_not_tie', '–')} | {r['merges']} | {r['mean_batch']:.1f} |")
+    return out
 
 
 def plot_latency(rows: list[dict], path: Path) -> Path:
@@ -522,7 +569,10 @@ def cmd_serve_bench(args) -> int:
     settings = parse_settings({**block, **flags}, "serving")
     torch.set_num_threads(args.threads)
     data_dir = resolve_data_dir(args.data_dir)
-    rows = run_bench(layout, args.task, settings, data_dir, progress=not args.no_progress, http=args.http)
+    if args.equivalence:
+        rows = equivalence(layout, args.task, settings, data_dir, progress=not args.no_progress)
+    else:
+        rows = run_bench(layout, args.task, settings, data_dir, progress=not args.no_progress, http=args.http)
     out = Path(args.out) if args.out else layout.out
     plots = Path(args.plots_dir) if args.plots_dir else (out / "plots" if args.out else layout.plots)
     for p in write_outputs(rows, out, plots, args.task):
@@ -552,6 +602,9 @@ def add_serve_bench_parser(sub) -> None:
     p.add_argument("--targets", type=float, nargs="+", default=None, help="operating points (1.5 2.0)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--equivalence", action="store_true",
+                   help="instead of the load sweep: serve the whole dev set with every scheduler for "
+                        "every chosen method and target, and compare each request with replay")
     p.add_argument("--http", action="store_true",
                    help="also time round trips to `de3bert serve` over loopback (the HTTP overhead)")
     p.add_argument("--no-progress", action="store_true")

@@ -299,8 +299,9 @@ class RebatchScheduler(Scheduler):
     queue: `deepest` runs the deepest non-empty queue (finish started work first; with it a batch
     runs to its end before the next starts, so it is dynamic batching that admits new requests only
     between batches); `fullest` runs the queue with the most samples (ties: the deepest), which is
-    what lets later batches catch up with stragglers and merge, except that a deeper queue whose
-    oldest cohort has waited `max_wait_ms` goes first, so no sample starves.
+    what lets later batches catch up with stragglers and merge (sizes count up to `max_batch`: two
+    full batches tie, and the deeper one runs), except that a deeper queue whose oldest cohort has
+    waited `max_wait_ms` goes first, so no sample starves.
     """
 
     name = "rebatch"
@@ -330,8 +331,9 @@ class RebatchScheduler(Scheduler):
         stale = [d for d in deep if now - self.levels[d][0].enqueued >= self.limits.max_wait_ms / 1000]
         if stale:
             return max(stale)
-        best = max(deep, key=lambda d: (self._size(d), d))
-        return 0 if admit and len(self.queue) > self._size(best) else best
+        cap = self.limits.max_batch  # beyond a full batch, size does not matter: the deeper goes
+        best = max(deep, key=lambda d: (min(self._size(d), cap), d))
+        return 0 if admit and min(len(self.queue), cap) > min(self._size(best), cap) else best
 
     def _pop(self, depth: int, now: float) -> Cohort:
         """Up to `max_batch` samples of a queue (oldest cohorts first; the last one split), merged."""

@@ -12,7 +12,7 @@ import torch
 
 from benchmarks.layout import RunLayout
 from benchmarks.profiles import Profile
-from benchmarks.serving import markdown_table, run_bench, write_outputs
+from benchmarks.serving import equivalence, markdown_table, run_bench, write_outputs
 from benchmarks.serving_settings import parse_settings
 from de3bert.backbone import load_tokenizer
 from de3bert.data import EncodedDataset, get_task, load_examples, make_loader
@@ -75,6 +75,15 @@ def test_serve_bench_rows_equal_replay_and_files(run, tmp_path):
     assert [p.name for p in paths] == ["serving.jsonl", "serving.md", "serving_synthetic.png"]
     assert all(p.stat().st_size > 0 for p in paths)
     assert "| synthetic | maxprob @2× | rebatch |" in markdown_table(rows)
+
+
+def test_equivalence_mode_serves_the_whole_dev_set(run, tmp_path):
+    settings = parse_settings({"methods": ["maxprob", "pabee"], "targets": [2.0], "max_batch": 8})
+    rows = equivalence(run, "synthetic", settings, progress=False)
+    assert len(rows) == 3 * 3 and all(r["checked"] == 48 and r["differ_not_tie"] == 0 for r in rows)
+    assert any(r["merges"] > 0 for r in rows if r["scheduler"] == "rebatch")
+    paths = write_outputs(rows, tmp_path, tmp_path / "plots", "synthetic")
+    assert "## Served = replay" in paths[1].read_text()
 
 
 def test_serving_block_is_typed(tmp_path):
