@@ -124,10 +124,15 @@ def create_app(predictor: Predictor, scheduler: str = "rebatch", limits: Limits 
         except BadRequest as err:
             return JSONResponse({"error": str(err)}, status_code=400)
         features, truncated = tokenize(predictor, texts)
-        future = asyncio.get_running_loop().create_future()
         event_loop = asyncio.get_running_loop()
-        loop.submit(features, lambda d: event_loop.call_soon_threadsafe(future.set_result, d))
+        future = event_loop.create_future()
+        try:
+            loop.submit(features, lambda d: event_loop.call_soon_threadsafe(future.set_result, d))
+        except RuntimeError as err:
+            return JSONResponse({"error": f"server: {err}"}, status_code=500)
         done = await future
+        if isinstance(done, BaseException):
+            return JSONResponse({"error": f"server: the serving loop failed: {done!r}"}, status_code=500)
         return answer(predictor, done, truncated, len(features["input_ids"]))
 
     return app

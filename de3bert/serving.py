@@ -21,9 +21,11 @@ available at their arrival times on a real clock (open loop), so latency = compl
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
+import traceback
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -442,10 +444,10 @@ class ServerLoop:
         """Hold the scheduler; `start` launches the thread."""
         self.scheduler, self.clock, self.t0 = scheduler, clock, clock()
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self.callbacks: dict[int, Callable[[Done], None]] = {}
+        self.callbacks: dict[int, Callable[[Done | BaseException], None]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="de3bert-serving", daemon=True)
-        self._next = 0
+        self._ids = itertools.count()  # request ids, safe to draw from any thread
         self.served = 0
         self.error: BaseException | None = None
 
@@ -460,9 +462,12 @@ class ServerLoop:
         self.inbox.put(None)
         self._thread.join(timeout)
 
-    def submit(self, features: dict[str, list[int]], callback: Callable[[Done], None]) -> int:
-        """Queue one tokenised input; `callback(done)` runs in the loop thread when it exits."""
-        rid, self._next = self._next, self._next + 1
+    def submit(self, features: dict[str, list[int]], callback: Callable[[Done | BaseException], None]) -> int:
+        """Queue one tokenised input; `callback(done)` runs in the loop thread when it exits (with
+        the exception instead if the loop failed, so no caller waits for ever)."""
+        if self.error is not None:
+            raise RuntimeError(f"the serving loop failed: {self.error!r}")
+        rid = next(self._ids)
         self.inbox.put((Request(rid, features, self.clock() - self.t0), callback))
         return rid
 
@@ -498,4 +503,7 @@ class ServerLoop:
                     self.callbacks.pop(d.rid)(d)
         except BaseException as err:  # surfaced by /health; the thread must not die silently
             self.error = err
-            raise
+            for callback in self.callbacks.values():
+                callback(err)
+            self.callbacks.clear()
+            traceback.print_exc()  # the server's log; the thread then ends

@@ -8,6 +8,7 @@ each request exits at its replayed layer with its replayed prediction, except ne
 from __future__ import annotations
 
 import random
+import threading
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ import torch
 from de3bert import engine
 from de3bert.recipes import get_recipe
 from de3bert.registry import all_methods
-from de3bert.serving import Limits, Request, ServingEngine, make_scheduler, serve
+from de3bert.serving import Batch1Scheduler, Limits, Request, ServerLoop, ServingEngine, make_scheduler, serve
 from de3bert.ties import TIE_EPS, exit_ties, prediction_ties
 
 METHODS = {n: m for n, m in all_methods().items() if not m.report_only and m.supports(2)[0]}
@@ -154,3 +155,41 @@ def test_limits_and_scheduler_names_are_checked(models):
     eng = ServingEngine(model, method.make_policy(2, model.num_layers), 2)
     with pytest.raises(ValueError, match="valid: batch1, dynamic, rebatch"):
         make_scheduler("fifo", eng)
+
+
+def test_server_loop_answers_other_threads_and_reports_a_failure(models, records, requests):
+    """The HTTP server's loop thread: requests submitted from another thread come back equal to
+    replay; a failing step hands its exception to every waiting caller and refuses new ones."""
+    method = METHODS["pabee"]
+    model = models[method.recipe]
+    policy = method.make_policy(2, model.num_layers)
+    knob = _knobs(policy)[0]
+    eng = ServingEngine(model, policy, knob)
+    loop = ServerLoop(make_scheduler("rebatch", eng, Limits(8, 1.0))).start()
+    got, finished = {}, threading.Event()
+
+    def keep(i):
+        def callback(done):
+            got[i] = done
+            if len(got) == len(requests):
+                finished.set()
+        return callback
+
+    for r in requests:
+        loop.submit(r.features, keep(r.rid))
+    assert finished.wait(30)
+    loop.stop()
+    replayed = policy.replay(records[method.recipe], [knob])[0]
+    assert [got[i].exit_layer for i in range(len(requests))] == replayed.tolist()
+    assert loop.served == len(requests)
+
+    class Broken(Batch1Scheduler):
+        def step(self, now):
+            raise RuntimeError("boom")
+
+    broken, failed = ServerLoop(Broken(eng)).start(), []
+    done = threading.Event()
+    broken.submit(requests[0].features, lambda d: (failed.append(d), done.set()))
+    assert done.wait(10) and isinstance(failed[0], RuntimeError)
+    with pytest.raises(RuntimeError, match="serving loop failed"):
+        broken.submit(requests[1].features, failed.append)
