@@ -170,7 +170,8 @@ def point(c: Contender, scheduler: str, settings: ServingSettings, reqs: list[Re
             "p95_ms": float(np.percentile(lat, 95)), "p99_ms": float(np.percentile(lat, 99)),
             "mean_ms": float(lat.mean()), "achieved_rps": len(reqs) / max(span, 1e-9),
             "mean_batch": stats.rows / max(stats.steps, 1), "steps": stats.steps,
-            "merges": eng.merges, "idle_s": stats.idle, "wall_s": stats.seconds}, stats.completions
+            "merges": eng.merges, "idle_s": stats.idle, "wall_s": stats.seconds,
+            "engine_s": dict(eng.seconds)}, stats.completions
 
 
 def replay_check(c: Contender, record: dict | None, done: list, index: list[int]) -> dict:
@@ -342,8 +343,9 @@ class Bench:
             if progress:
                 print(f"  {c.label:>22} {scheduler:>8} load {load:4.2f}: p50 {row['p50_ms']:7.2f} "
                       f"p99 {row['p99_ms']:8.2f} ms, {row['achieved_rps']:7.1f} rps, batch "
-                      f"{row['mean_batch']:.1f}, replay differs {row['replay'].get('differ', '-')}",
-                      flush=True)
+                      f"{row['mean_batch']:.1f}, busy {1 - row['idle_s'] / row['wall_s']:.0%}, merge "
+                      f"{row['engine_s']['merge'] / row['wall_s']:.1%}, replay differs "
+                      f"{row['replay'].get('differ', '-')}", flush=True)
             if not row["meets_slo"]:
                 break
 
@@ -367,13 +369,15 @@ def summarize(rows: list[dict]) -> list[dict]:
         full = best.get((task, FULL, None, sched), 0.0)
         sus, sp = best[(task, method, target, sched)], g[0]["speedup_layers"]
         at_half = [r for r in g if math.isclose(r["load"], 0.5)]
+        top = max((r for r in g if r["meets_slo"]), key=lambda r: r["load"], default={})
         out.append({"kind": "summary", "task": task, "method": method, "target": target,
                     "scheduler": sched, "knob": g[0]["knob"], "speedup_layers": sp,
                     "sustainable_rps": sus, "serving_speedup": sus / full if full else None,
                     "limit_rps": sp * full, "of_limit": sus / (sp * full) if full else None,
                     "p99_at_half_ms": at_half[0]["p99_ms"] if at_half else None,
                     "slo_ms": g[0]["slo_ms"], "capacity_rps": g[0]["capacity_rps"],
-                    "loads_tested": max(r["load"] for r in g),
+                    "loads_tested": max(r["load"] for r in g), "batch_at_sustainable": top.get("mean_batch"),
+                    "busy_at_sustainable": 1 - top["idle_s"] / top["wall_s"] if top else None,
                     "replay_differ_not_tie": sum(r["replay"].get("differ_not_tie", 0) for r in g)})
     return out
 
@@ -497,8 +501,8 @@ def markdown_table(rows: list[dict]) -> str:
                   f"{o['p99_us']:.0f} µs p99 = {100 * o['share_of_service']:.2f}% of the full model's "
                   f"batch-1 service time ({o['service_us'] / 1000:.2f} ms).", ""]
     lines += ["| task | contender | scheduler | layer sp. | p50 @50% (ms) | p99 @50% (ms) | SLO (ms) | "
-              "sustainable (req/s) | serving sp. | of limit | replay ≠ |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "sustainable (req/s) | serving sp. | of limit | batch there | busy there | replay ≠ |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     half = {(r["task"], r["method"], r["target"], r["scheduler"]): r for r in rows
             if r.get("kind") == "point" and math.isclose(r["load"], 0.5)}
     for r in sorted(summ, key=lambda r: (r["task"], r["method"] != FULL, r["method"], r["target"] or 0,
@@ -508,7 +512,8 @@ def markdown_table(rows: list[dict]) -> str:
         lines.append(f"| {r['task']} | {name} | {r['scheduler']} | {r['speedup_layers']:.2f} | "
                      f"{_fmt(p.get('p50_ms'))} | {_fmt(p.get('p99_ms'))} | {r['slo_ms']:.1f} | "
                      f"{r['sustainable_rps']:.1f} | {_fmt(r['serving_speedup'])} | "
-                     f"{_fmt(r['of_limit'])} | {r['replay_differ_not_tie']} |")
+                     f"{_fmt(r['of_limit'])} | {_fmt(r.get('batch_at_sustainable'), '.1f')} | "
+                     f"{_fmt(r.get('busy_at_sustainable'), '.0%')} | {r['replay_differ_not_tie']} |")
     return "\n".join(lines + equivalence_lines(rows)) + "\n"
 
 

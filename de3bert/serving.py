@@ -126,22 +126,33 @@ class ServingEngine:
         self.wanted = (*policy.needs, "logits")
         self.steps = self.rows = 0  # layer steps run and Σ their batch rows (mean batch = rows/steps)
         self.merges = 0  # batches formed from more than one cohort
+        self.seconds = {"embed": 0.0, "layers": 0.0, "merge": 0.0}  # where a server's time goes
 
     @torch.inference_mode()
     def embed(self, requests: list[Request], now: float = 0.0) -> Cohort:
         """The embeddings of a new batch (depth 0), padded to its longest request."""
+        t = time.perf_counter()
         items = [{**r.features, "labels": 0, "index": i} for i, r in enumerate(requests)]
         batch = to_device(collate(items, self.pad), self.model)
         ids, attn = batch["input_ids"], batch["attention_mask"]
         hidden, mask = self.model.encoder.embed(ids, attn, batch.get("token_type_ids"))
         n = len(requests)
-        return Cohort([r.rid for r in requests], [r.arrival for r in requests], 0, hidden, attn, mask,
-                      self.model.heads.init_state(n, self.device), self.policy.new_state(n, self.knobs),
-                      enqueued=now)
+        c = Cohort([r.rid for r in requests], [r.arrival for r in requests], 0, hidden, attn, mask,
+                   self.model.heads.init_state(n, self.device), self.policy.new_state(n, self.knobs),
+                   enqueued=now)
+        self.seconds["embed"] += time.perf_counter() - t
+        return c
 
-    @torch.inference_mode()
     def advance(self, c: Cohort) -> tuple[Cohort | None, list[Done]]:
         """Run layer `c.depth + 1`: exited samples come back as `Done`, the others as a cohort."""
+        t = time.perf_counter()
+        out = self._advance(c)
+        self.seconds["layers"] += time.perf_counter() - t
+        return out
+
+    @torch.inference_mode()
+    def _advance(self, c: Cohort) -> tuple[Cohort | None, list[Done]]:
+        """`advance` itself (one layer, its heads, the exit decision, the survivors' rows)."""
         layer = c.depth + 1
         self.steps, self.rows = self.steps + 1, self.rows + len(c)
         c.hidden = self.model.encoder.layer(c.depth, c.hidden, c.mask)
@@ -179,6 +190,7 @@ class ServingEngine:
         if len(depths) != 1:
             raise ValueError(f"cohorts at different depths {sorted(depths)} cannot merge")
         self.merges += 1
+        t = time.perf_counter()
         width = max(int(c.attention_mask.sum(1).max()) for c in cohorts)
         hidden = torch.cat([_fit(c.hidden, width) for c in cohorts])
         attn = torch.cat([_fit(c.attention_mask, width) for c in cohorts])
@@ -187,8 +199,10 @@ class ServingEngine:
         keys = [k for k in cohorts[0].head_state if k not in CACHE_KEYS]
         head = {k: torch.cat([c.head_state[k] for c in cohorts]) for k in keys}
         pol = {k: torch.cat([c.pol_state[k] for c in cohorts], dim=1) for k in cohorts[0].pol_state}
-        return Cohort([r for c in cohorts for r in c.rids], [a for c in cohorts for a in c.arrivals],
-                      depths.pop(), hidden, attn, mask, head, pol, enqueued=now)
+        merged = Cohort([r for c in cohorts for r in c.rids], [a for c in cohorts for a in c.arrivals],
+                        depths.pop(), hidden, attn, mask, head, pol, enqueued=now)
+        self.seconds["merge"] += time.perf_counter() - t
+        return merged
 
 
 def _fit(t: torch.Tensor, width: int) -> torch.Tensor:
