@@ -552,7 +552,7 @@ def plot_latency(rows: list[dict], path: Path) -> Path:
             xs, ys = zip(*sorted(xy), strict=True)
             ax.plot(xs, ys, marker="o", lw=2.5 if name == FULL else 1, label=name)
         ax.axhline(points[0]["slo_ms"], color="k", ls="--", lw=0.8)
-        ax.set(title=sched, xlabel="offered load (× full model batch-1 capacity)", yscale="log")
+        ax.set(title=sched, xlabel="offered load (× full model batch-1 capacity)", xscale="log", yscale="log")
     axes[0][0].set_ylabel("p99 latency (ms)")
     axes[0][-1].legend(fontsize=6, loc="upper left")
     path.parent.mkdir(parents=True, exist_ok=True)
