@@ -193,3 +193,47 @@ def test_server_loop_answers_other_threads_and_reports_a_failure(models, records
     assert done.wait(10) and isinstance(failed[0], RuntimeError)
     with pytest.raises(RuntimeError, match="serving loop failed"):
         broken.submit(requests[1].features, failed.append)
+
+
+@pytest.mark.e2e
+def test_every_scheduler_equals_replay_minilm_real_rows(glue_dir, tokenizer):
+    """The packaged MiniLM with every recipe's heads (untrained, sharpened; DE³'s prototypes from 64
+    SST-2 train rows), 48 real SST-2 dev rows at their natural lengths: for every deployable method,
+    at the knob of its grid with the most varied exits, every scheduler's exits and predictions
+    equal replay except near ties, and per-layer rebatching merges cohorts."""
+    from de3bert.data import EncodedDataset, get_task, load_examples, make_loader
+    from de3bert.model import build_model
+
+    task = get_task("sst2")
+    dev = EncodedDataset(load_examples(task, "dev", glue_dir, 48, 0), tokenizer, 64, False)
+    train = EncodedDataset(load_examples(task, "train", glue_dir, 64, 0), tokenizer, 64, False)
+    rng, t, reqs = random.Random(1), 0.0, []
+    for i in range(len(dev)):
+        t += rng.expovariate(1 / 1e-4)
+        reqs.append(Request(i, dict(dev.features[i]), t))
+    compared = merges = 0
+    for recipe in RECIPES:
+        torch.manual_seed(0)
+        model = build_model("embedded", recipe, 2, "mean").eval()
+        _sharpen(model)
+        if hasattr(model.heads, "prototypes"):
+            model.heads.recompute(model, make_loader(train, 32, shuffle=False))
+        record = engine.record_signals(model, make_loader(dev, 16, shuffle=False), progress=False)
+        for name in (n for n, m in METHODS.items() if m.recipe == recipe):
+            policy = METHODS[name].make_policy(2, model.num_layers)
+            grid = sorted(policy.grid())
+            spread = [len(set(e.tolist())) for e in policy.replay(record, grid)]
+            knob = grid[max(range(len(grid)), key=spread.__getitem__)]
+            replayed = policy.replay(record, [knob])
+            preds = engine.replay_predictions(record, replayed)[0]
+            ties = (exit_ties(policy, record, [knob], replayed) | prediction_ties(record, replayed))[0]
+            for scenario in SCENARIOS:
+                done, eng = _run(model, policy, knob, reqs, scenario)
+                merges += eng.merges
+                for i in range(len(reqs)):
+                    if not ties[i]:
+                        assert done[i].exit_layer == int(replayed[0, i]), f"{name} {scenario} {i}"
+                        assert done[i].prediction == preds[i].item(), f"{name} {scenario} {i}"
+                        compared += 1
+    print(f"MiniLM/SST-2: {compared} served requests equal replay; {merges} merges")
+    assert compared > 0.9 * len(METHODS) * len(SCENARIOS) * len(reqs) and merges > 0
