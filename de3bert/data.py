@@ -252,6 +252,9 @@ def source_identity(task: TaskSpec, split: str, data_dir: str | os.PathLike | No
     if task.name == "synthetic":
         rows = synthetic_examples(split, 800 if split == "train" else 400, 0)
         return {"data_source": "synthetic", "data_sha256": examples_sha256(rows)}
+    if not task.hub_config:
+        raise DataError(f"task {task.name} has no Hub copy: give its local folder "
+                        f"{task.folder or task.name}/ with --data-dir or $GLUE_DIR")
     hub_split = "train" if split == "train" else task.hub_dev_split
     return {"data_source": f"hub:nyu-mll/glue/{task.hub_config}/{hub_split}",
             "data_sha256": examples_sha256(_load_hub(task, split))}
@@ -261,6 +264,9 @@ def _load_hub(task: TaskSpec, split: str) -> list[Example]:
     """The Hub dataset `nyu-mll/glue` through `datasets` (needs network or a warm cache)."""
     from datasets import load_dataset
 
+    if not task.hub_config:
+        raise DataError(f"task {task.name} has no Hub copy: give its local folder "
+                        f"{task.folder or task.name}/ with --data-dir or $GLUE_DIR")
     hub_split = "train" if split == "train" else task.hub_dev_split
     ds = load_dataset("nyu-mll/glue", task.hub_config, split=hub_split)
     out = []

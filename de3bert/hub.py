@@ -41,10 +41,14 @@ def label_names(num_labels: int, task: str | None) -> list[str]:
 def early_exit_section(model: MultiExitModel, method: str | None, operating_points: list[dict],
                        target: float | None, task: str | None) -> dict:
     """The `early_exit` block of config.json: everything needed to rebuild the model and its exits."""
+    from .data import TASKS
     from .registry import get_method
 
     meta = {k: v for k, v in model.meta.items() if k != "train_config"}
-    section = {"format_version": FORMAT_VERSION, "task": task, "num_layers": model.num_layers,
+    # how many texts an input has: the folder must serve without the task being registered
+    texts = len(TASKS[task].text_fields) if task in TASKS else None
+    section = {"format_version": FORMAT_VERSION, "task": task, "texts": texts,
+               "num_layers": model.num_layers,
                "recipe": meta["recipe"], "pooling": meta["pooling"], "model_meta": meta,
                "train_config": model.meta.get("train_config", {}), "method": method,
                "policy": None, "knob": None, "operating_points": {}, "default_target": None}
@@ -219,7 +223,9 @@ def _card_header(config: dict) -> list[str]:
     tags = ["early-exit", "multi-exit", section["recipe"], section["method"]]
     lines = ["---", "library_name: de3bert", "pipeline_tag: text-classification", "tags:"]
     lines += [f"- {t}" for t in dict.fromkeys(tags) if t]
-    if task not in ("synthetic", "unknown"):
+    from .data import TASKS
+
+    if task in TASKS and TASKS[task].hub_config:  # only tasks that come from the GLUE Hub dataset
         lines += ["datasets:", "- nyu-mll/glue"]
     return [*lines, "---", ""]
 

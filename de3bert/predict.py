@@ -163,8 +163,10 @@ def load_predictor(folder: str | Path, target: float | None = None, knob: float 
     policy, knob = load_policy(d, target=target, knob=knob, method=method)
     section = config[SECTION]
     labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
-    task = section.get("task")
-    pair = task is not None and len(get_task(task).text_fields) == 2
+    task, texts = section.get("task"), section.get("texts")
+    if texts is None and task is not None:  # a folder written before `texts` was recorded
+        texts = len(get_task(task).text_fields)
+    pair = texts == 2
     length = max_length or int(section.get("train_config", {}).get("max_seq_length", 128))
     model = from_pretrained(d)
     return Predictor(model, policy, knob, AutoTokenizer.from_pretrained(str(d)), labels, length, pair)
