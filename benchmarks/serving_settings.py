@@ -26,7 +26,7 @@ class ServingSettings:
     max_batch: int = 16
     """Largest batch a scheduler forms (dynamic batching and per-layer rebatching)."""
     max_wait_ms: float = 5.0
-    """How long a request may wait for batch-mates (and, rebatching `fullest`, in a layer's queue)."""
+    """How long a new request may wait for batch-mates."""
     order: str = "fullest"
     """Per-layer rebatching's queue order: fullest or deepest (`de3bert.serving.RebatchScheduler`)."""
     schedulers: list = field(default_factory=lambda: ["batch1", "dynamic", "rebatch"])

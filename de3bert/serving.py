@@ -84,7 +84,7 @@ class Cohort:
     mask: torch.Tensor | None  # what the library's layers expect (None: no padding under sdpa)
     head_state: dict[str, torch.Tensor]  # batch-first
     pol_state: dict[str, torch.Tensor]  # [K=1, n, ...]
-    enqueued: float = 0.0  # when it entered its queue (the rebatching scheduler's ageing)
+    enqueued: float = 0.0  # the rebatching scheduler's step count when it entered its queue
 
     def __len__(self) -> int:
         return len(self.rids)
@@ -317,7 +317,9 @@ class RebatchScheduler(Scheduler):
     between batches); `fullest` runs the queue with the most samples (ties: the deepest), which is
     what lets later batches catch up with stragglers and merge (sizes count up to `max_batch`: two
     full batches tie, and the deeper one runs), except that a deeper queue whose oldest cohort has
-    waited `max_wait_ms` goes first, so no sample starves.
+    been passed over for L steps (the steps a new batch needs to catch up from layer 1) goes first,
+    so no sample starves. Ageing counts steps, not seconds: a step of a real model can outlast any
+    fixed wait, which would then force every straggler to run alone.
     """
 
     name = "rebatch"
@@ -326,6 +328,7 @@ class RebatchScheduler(Scheduler):
         """One queue of cohorts per depth 1..L−1 (depth 0 is the request queue)."""
         super().__init__(engine, limits)
         self.levels: list[deque[Cohort]] = [deque() for _ in range(engine.num_layers)]
+        self.steps = 0  # the clock of the queues' ageing
 
     def _size(self, depth: int) -> int:
         return sum(len(c) for c in self.levels[depth])
@@ -344,7 +347,9 @@ class RebatchScheduler(Scheduler):
             return 0
         if self.limits.order == "deepest":
             return max(deep)
-        stale = [d for d in deep if now - self.levels[d][0].enqueued >= self.limits.max_wait_ms / 1000]
+        # passed over for L steps (what a new batch needs to catch up from layer 1): it runs now
+        patience = self.engine.num_layers
+        stale = [d for d in deep if self.steps - self.levels[d][0].enqueued >= patience]
         if stale:
             return max(stale)
         cap = self.limits.max_batch  # beyond a full batch, size does not matter: the deeper goes
@@ -370,8 +375,9 @@ class RebatchScheduler(Scheduler):
         else:
             cohort = self._pop(depth, now)
         rest, done = self.engine.advance(cohort)
+        self.steps += 1
         if rest is not None:
-            rest.enqueued = now
+            rest.enqueued = self.steps
             self.levels[rest.depth].append(rest)
         return done
 
