@@ -144,6 +144,7 @@ def cmd_predict(args) -> int:
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     """The parser of the library's commands, and its subparsers (for the benchmark layer's)."""
     ap = argparse.ArgumentParser(prog="de3bert", description="DE³-BERT and the early-exit baselines")
+    ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="print every registered method, one per line")
     p.add_argument("-v", "--verbose", action="store_true", help="also show recipe, knob and description")
@@ -201,6 +202,12 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
         print(f"interrupted: everything finished so far is kept; to resume, run the same command "
               f"again: {resume_command(argv)}", file=sys.stderr)
         return 130
+    except Exception as err:  # anything unforeseen: one line (the traceback with --debug)
+        if args.debug:
+            raise
+        print(f"error: {type(err).__name__}: {err} (`de3bert --debug ...` shows the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 def resume_command(argv: list[str] | None) -> str:

@@ -789,7 +789,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(capsys, monkeypatch):
     parser = cli_mod.build_parser()[0]
     assert cli_mod.main(["list"], parser) == 130
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "run the same command again to resume" in err
+    assert err.count("\n") == 1 and "to resume, run the same command again: de3bert list" in err
 
 
 def test_no_progress_silences_the_libraries_bars(monkeypatch):
@@ -807,3 +807,18 @@ def test_no_progress_silences_the_libraries_bars(monkeypatch):
     finally:
         hf_logging.enable_progress_bar()
         enable_progress_bars()
+
+
+def test_an_unforeseen_error_is_one_line_and_debug_shows_the_traceback(capsys, monkeypatch):
+    """Issue 27: every error is one line naming the bad thing; `--debug` re-raises it."""
+    import de3bert.cli as cli_mod
+
+    def broken(args):
+        raise RuntimeError("the thing that broke")
+
+    monkeypatch.setattr(cli_mod, "cmd_list", broken)
+    assert cli_mod.main(["list"], cli_mod.build_parser()[0]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "RuntimeError: the thing that broke" in err
+    with pytest.raises(RuntimeError):
+        cli_mod.main(["--debug", "list"], cli_mod.build_parser()[0])
