@@ -103,9 +103,9 @@ MUTANTS = (
     ),
     Mutant(
         "CoLA header skipped",
-        "de3bert/data.py",
-        'has_header=False, hub_config="cola"',
-        'has_header=True, hub_config="cola"',
+        "de3bert/tasks.yaml",
+        "metrics: [mcc], has_header: false,",
+        "metrics: [mcc], has_header: true,",
         ("tests/test_data.py", "tests/test_data_strict.py"),
     ),
     Mutant(
