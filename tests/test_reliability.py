@@ -651,8 +651,8 @@ def test_trained_models_are_safetensors(smoke_run):
     assert len(finals) == len(recipes)
     for final in finals:
         files = {str(p.relative_to(final)) for p in final.rglob("*") if p.is_file()}
-        assert files == {"model.safetensors", "multiexit.json", "encoder/config.json",
-                         "config_hash.json"}, (final, files)
+        assert files == {"model.safetensors", "model.safetensors.sha256", "multiexit.json",
+                         "encoder/config.json", "config_hash.json"}, (final, files)
     records = list(smoke_run.glob("records/*/*.safetensors"))
     assert len(records) == len(recipes)
     suffixes = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -689,7 +689,8 @@ def test_training_checkpoint_is_safetensors_plus_tensors_only_state(tmp_path, mo
     with pytest.raises(Crash):
         train(cfg)
     ckpt = tmp_path / "run" / "checkpoint"
-    assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "state.pt", "progress.json"}
+    assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "model.safetensors.sha256", "state.pt",
+                                                "progress.json"}
     state = torch.load(ckpt / "state.pt", weights_only=True)
     assert isinstance(state["rng"], torch.Tensor) and "optimizer" in state
     torch.save({"rng": _Evil()}, tmp_path / "evil.pt")
