@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from tiny_models import sharpen
 
 from de3bert import engine
 from de3bert.policy import ExitPolicy, Knob, entropy, normalized_entropy, predictions
@@ -20,15 +21,6 @@ SEEDS = {r: i for i, r in enumerate(("alternate-lte", "de3", "de3-nodar", "de3-n
                                      "self-distill", "two-stage", "weighted"))}
 
 
-def _sharpen(model: torch.nn.Module, scale: float = 8.0) -> None:
-    """Random-init logits are near-uniform; scale the linear classifiers so that entropies spread
-    over the whole range and exit decisions differ between samples, layers and knob values."""
-    with torch.no_grad():
-        for name, mod in model.heads.named_modules():
-            if isinstance(mod, torch.nn.Linear) and "classifier" in name:
-                mod.weight.mul_(scale)
-
-
 @pytest.fixture(scope="module")
 def models(tiny_encoder, synthetic_loader):
     """One tiny model per recipe (methods sharing a recipe share it), in eval mode."""
@@ -37,7 +29,7 @@ def models(tiny_encoder, synthetic_loader):
         # a seed per recipe that does not move when another recipe is registered
         seed = SEEDS.get(recipe, i)
         model = get_recipe(recipe).build(tiny_encoder(seed=seed), {"num_labels": 2, "pooling": "mean"})
-        _sharpen(model)
+        sharpen(model)
         heads = model.heads
         if hasattr(heads, "prototypes"):  # DE³: prototypes from the data, then perturbed
             heads.recompute(model, synthetic_loader(32))

@@ -12,6 +12,7 @@ import threading
 
 import pytest
 import torch
+from tiny_models import sharpen
 
 from de3bert import engine
 from de3bert.recipes import get_recipe
@@ -43,21 +44,13 @@ class VirtualClock:
         self.t += seconds
 
 
-def _sharpen(model: torch.nn.Module, scale: float = 8.0) -> None:
-    """Spread the random-init entropies over the range (as test_policies does)."""
-    with torch.no_grad():
-        for name, mod in model.heads.named_modules():
-            if isinstance(mod, torch.nn.Linear) and "classifier" in name:
-                mod.weight.mul_(scale)
-
-
 @pytest.fixture(scope="module")
 def models(tiny_encoder, synthetic_loader):
     """One tiny sharpened model per recipe (DE³'s prototypes from the data, then perturbed)."""
     out = {}
     for i, recipe in enumerate(RECIPES):
         model = get_recipe(recipe).build(tiny_encoder(seed=i), {"num_labels": 2, "pooling": "mean"})
-        _sharpen(model)
+        sharpen(model)
         if hasattr(model.heads, "prototypes"):
             model.heads.recompute(model, synthetic_loader(32))
             with torch.no_grad():
@@ -215,7 +208,7 @@ def test_every_scheduler_equals_replay_minilm_real_rows(glue_dir, tokenizer):
     for recipe in RECIPES:
         torch.manual_seed(0)
         model = build_model("embedded", recipe, 2, "mean").eval()
-        _sharpen(model)
+        sharpen(model)
         if hasattr(model.heads, "prototypes"):
             model.heads.recompute(model, make_loader(train, 32, shuffle=False))
         record = engine.record_signals(model, make_loader(dev, 16, shuffle=False), progress=False)
