@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ from de3bert.data import EncodedDataset, collate, get_task, load_examples, local
 from de3bert.model import build_model
 from de3bert.precision import autocast_dtype, resolve_precision
 from de3bert.recipes import task_loss
+from de3bert.registry import get_method
 
 #: rows drawn to find a typical batch (sorted by length, the middle batch: what length-grouped
 #: training and sorted recording see most)
@@ -60,6 +62,21 @@ def _typical_batch(task_name: str, cfg: dict, data_dir: str | None, tok) -> dict
     return collate(items, tok.pad_token_id or 0)
 
 
+@contextmanager
+def library_bars_off():
+    """transformers' "Loading weights" bar off while the dry-run builds models it only measures
+    (one bar per model would bury the estimate), restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def _median_seconds(fn, repeats: int) -> float:
     """Median wall time of `fn` over `repeats` calls, after one warm-up call."""
     fn()
@@ -82,7 +99,8 @@ def measure_task(profile, task_name: str, data_dir: str | None, steps: int = 3) 
     tok = load_tokenizer(profile.backbone)
     batch = _typical_batch(task_name, cfg, data_dir, tok)
     pooling = cfg.get("pooling") or default_pooling(profile.backbone)
-    model = build_model(profile.backbone, "single", task.num_labels, pooling)
+    with library_bars_off():
+        model = build_model(profile.backbone, "single", task.num_labels, pooling)
     inputs = (batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
     dtype = autocast_dtype(resolve_precision(cfg.get("precision", "auto"), "cpu", warn=False))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=bool(cfg.get("fused_adamw", True)))
@@ -157,6 +175,33 @@ def timed_seconds(profile, task: str, costs: TaskCosts, dev_rows: int) -> float:
     return total
 
 
+def serving_seconds(runner, plan: list[dict], costs: dict[str, TaskCosts]) -> dict[str, float]:
+    """The load benchmark of each `serving.tasks` task, at most: every load of every contender
+    (the full model, each chosen method at each target) under every scheduler, each point lasting
+    its arrivals or its batch-1 work at the method's speed-up, whichever is longer (the sweep
+    stops at the first load that misses the SLO, so this is an upper bound)."""
+    from .serving_settings import parse_settings
+
+    s = parse_settings(runner.p.serving or {}, "serving")
+    out = {}
+    for task in s.tasks:
+        service = costs[task].row_single * runner.p.threads / s.threads  # one thread: slower
+        seed = runner.p.seeds_for(task)[0]
+        methods = {m.name for m in (get_method(x["method"]) for x in plan if x["kind"] == "replay"
+                                    and x["task"] == task and x["seed"] == seed and not x["skip"])
+                   if not m.report_only and (s.methods == "all" or (s.methods == "main" and not m.ablation_of)
+                                             or (isinstance(s.methods, list) and m.name in s.methods))}
+        speedups = [1.0] + [t for _ in methods for t in s.targets]
+        total = (200 + s.warmup) * service + s.duration_s  # capacity calibration, generator overhead
+        for sp in speedups:
+            total += s.warmup * service / sp
+            for load in s.loads:
+                n = min(load / service * s.duration_s, s.max_requests)
+                total += len(s.schedulers) * max(n * service / load, n * service / sp)
+        out[task] = total
+    return out
+
+
 def _plan_lines(plan: list[dict]) -> None:
     """One line per training run and replay group (skips with their reason)."""
     for s in plan:
@@ -181,7 +226,8 @@ def _model_bytes(profile, recipe: str, num_labels: int, cache: dict) -> int | No
     if key not in cache:
         try:
             pooling = profile.train.get("pooling") or default_pooling(profile.backbone)
-            model = build_model(profile.backbone, recipe, num_labels, pooling)
+            with library_bars_off():
+                model = build_model(profile.backbone, recipe, num_labels, pooling)
             cache[key] = 4 * sum(p.numel() for p in model.parameters())
         except (OSError, ValueError, KeyError):
             cache[key] = None
@@ -229,6 +275,10 @@ def print_dry_run(runner, plan: list[dict], gpus: int) -> None:
         print(f"{task:<10} " + " ".join(f"{v / scale:>9.2f}" for v in p.values())
               + f" {sum(p.values()) / scale:>9.2f}")
     total = sum(sum(p.values()) for p in parts.values())
+    for task, seconds in serving_seconds(runner, plan, costs).items():
+        print(f"{'serving':<10} {task}: at most {seconds / scale:.2f} {unit} (the load benchmark, "
+              "`serving.tasks`)")
+        total += seconds
     how = ("step times pinned by the profile" if all(c.source == "pinned" for c in costs.values())
            else "costs measured on this machine just now")
     if gpu:

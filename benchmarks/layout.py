@@ -1,13 +1,13 @@
 """The run folder: where every artefact of a benchmark run lives (the only place paths are built).
 
 ```
-<out>/profile.json  run.json  results.jsonl
+<out>/profile.json  run.json  results.jsonl  serving.jsonl (the load benchmark's rows)
 <out>/models/<task>/<recipe>-s<seed>/{final/, flops.json, times.json}
 <out>/records/<task>/<recipe>-s<seed>.safetensors (+ .json sidecar)
 <out>/exits/<task>/<method>-s<seed>.json
 <out>/jobs/<job>.jsonl   start/end events of every attempt of a job (`--executor ray` only)
 <out>/tables/            results.md/.tex, operating_points.md, indicators.md, uncertainty.md/.json,
-                         claims.md/.json (`benchmarks.report`)
+                         claims.md/.json, serving.md (`benchmarks.report`)
 plots/<name>/            figures (the product's plots/ folder) when out = results/<name>;
                          otherwise <out>/plots/; --plots-dir overrides both
 ```
@@ -17,6 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+#: the seed of the `dev_limit` subsample: one subset for every training seed (so seeds pair) and
+#: for the load benchmark (so served requests match the records)
+DEV_SUBSET_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,12 @@ class RunLayout:
     def results(self) -> Path:
         """The run's rows (`benchmarks.results`)."""
         return self.out / "results.jsonl"
+
+    @property
+    def serving(self) -> Path:
+        """The load benchmark's rows (`benchmarks.serving`: points, summaries, overheads); their
+        own file because a serving row measures a server, not a (method, knob) on the dev set."""
+        return self.out / "serving.jsonl"
 
     @property
     def tables(self) -> Path:

@@ -225,9 +225,23 @@ class Profile:
             _train_fields(values, f"{where}: task_train.{task}")
         _typed(TimingSettings, self.timing, f"{where}: timing")
         if self.serving:
-            parse_settings(self.serving, f"{where}: serving")
+            self.check_serving(where)
         if self.keep_models not in KEEP_MODELS:
             raise ValueError(f"{where}: keep_models={self.keep_models!r}; valid: {', '.join(KEEP_MODELS)}")
+
+    def check_serving(self, where: Path | str) -> None:
+        """The `serving:` block typed; its tasks the run's (models kept) and its targets the run's."""
+        serve = parse_settings(self.serving, f"{where}: serving")
+        ours = {get_task(t).name for t in self.tasks}
+        if [t for t in serve.tasks if get_task(t).name not in ours]:
+            raise ValueError(f"{where}: serving.tasks {serve.tasks}: not among the profile's tasks "
+                             f"{self.tasks}")
+        if serve.tasks and self.keep_models == "none":
+            raise ValueError(f"{where}: serving.tasks needs the models: keep_models: all")
+        extra = [t for t in serve.targets if not any(math.isclose(t, x) for x in self.speedup_targets)]
+        if extra:
+            raise ValueError(f"{where}: serving.targets {extra}: not among speedup_targets "
+                             f"{self.speedup_targets} (only those have operating points)")
 
     def check_statistics(self, where: Path | str) -> None:
         """`selection` and `bootstrap` name known values, so a typo fails before any training."""

@@ -57,10 +57,11 @@ from de3bert.train import TrainConfig, config_fingerprint, config_hash, first_st
 from de3bert.weights import WEIGHTS, sidecar
 
 from .executors import Executor, Job, LocalExecutor, Progress, RayExecutor
-from .layout import RunLayout
+from .layout import DEV_SUBSET_SEED, RunLayout
 from .profiles import Profile
 from .results import FULL, Results
 from .sanity import check_model
+from .serving_settings import parse_settings
 
 
 def versions() -> dict:
@@ -131,10 +132,6 @@ def make_executor(profile: Profile, layout: RunLayout) -> Executor:
 
 #: dry-run estimate constants (seconds): a replay-only group, a training run's load + save
 REPLAY_SECONDS, TRAIN_OVERHEAD_SECONDS = 0.5, 8.0
-
-#: the seed of the `dev_limit` subsample: one subset for every training seed, so seeds pair
-DEV_SUBSET_SEED = 0
-
 
 class Runner:
     """Runs one profile into one output directory (the driver), or one job of it (`driver=False`:
@@ -405,6 +402,7 @@ class Runner:
             raise
         finally:
             progress.close()
+        self.serve_load()
         elapsed = time.perf_counter() - t_start
         for st in self.stats.values():
             if st.get("records") and st.get("replay_groups"):
@@ -415,6 +413,15 @@ class Runner:
         path = self.out / "run.json"
         old = json.loads(path.read_text()) if path.is_file() else None
         atomic_write_text(path, json.dumps(merge_run_stats(old, run), indent=2))
+
+    def serve_load(self) -> None:
+        """The profile's load benchmark (`serving.tasks`), after every model is trained and
+        recorded: one task at a time in this process, never beside another job (it times)."""
+        settings = parse_settings(self.p.serving or {}, "serving")
+        if settings.tasks:
+            from .serving import run_phase
+
+            run_phase(self.layout, settings, self.data_dir, self.progress)
 
     def space_needed(self, plan: list[dict]) -> str:
         """What the rest of the plan still writes, from the size of the models saved so far."""

@@ -13,11 +13,12 @@ to the limit the exits allow (layer speed-up × the full model's sustainable thr
 
 Every served request is also checked against replay of the run's record at the same knob (exit
 layer and prediction, near ties excepted), so a load run doubles as a live = replay check on real
-rows. Writes `serving.jsonl` (run folder), `tables/serving.md` and `serving_<task>.png` (plots).
+rows. Writes `serving.jsonl` (run folder); the report renders `tables/serving.md` and `serving_<task>.png`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import platform
@@ -33,16 +34,14 @@ import torch
 from de3bert.data import EncodedDataset, get_task, load_examples, resolve_data_dir
 from de3bert.engine import replay_predictions
 from de3bert.model import MultiExitModel
-from de3bert.record import load_record
+from de3bert.record import atomic_write_text, load_record
 from de3bert.registry import all_methods, get_method
 from de3bert.serving import Done, Request, Scheduler, ServingEngine, make_scheduler, precise_sleep, serve
 from de3bert.ties import exit_ties, prediction_ties
 
-from .layout import RunLayout
+from .layout import DEV_SUBSET_SEED, RunLayout
+from .results import FULL
 from .serving_settings import ServingSettings, parse_settings
-
-FULL = "full-model"
-RESULTS_FILE = "serving.jsonl"
 
 
 @dataclass
@@ -92,8 +91,6 @@ def dev_requests(profile: dict, task: str, data_dir: str | None) -> tuple[list[d
     """The run's dev rows (its `dev_limit` subsample, in record order), tokenised, unpadded; and
     their first texts (for the HTTP round trips: single-sentence tasks)."""
     from de3bert.backbone import load_tokenizer
-
-    from .runner import DEV_SUBSET_SEED
 
     spec = get_task(task)
     limit = profile.get("dev_limit") or None
@@ -423,6 +420,39 @@ def run_bench(layout: RunLayout, task: str, settings: ServingSettings, data_dir:
     return [{**r, **info} for r in bench.rows + summarize(bench.rows)]
 
 
+def phase_key(layout: RunLayout, task: str, settings: ServingSettings) -> str:
+    """What a task's load benchmark depends on: the settings and every served operating point
+    (method, target, knob, layer speed-up), so a resumed run re-measures only what changed."""
+    seed = (_run_profile(layout).get("seeds") or [0])[0]
+    points = [(r["method"], r["_target"], r["knob"], r["speedup_layers"])
+              for r in _operating_points(layout, task, seed, settings)]
+    text = json.dumps({"settings": asdict(settings), "points": points}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_phase(layout: RunLayout, settings: ServingSettings, data_dir: str | None,
+              progress: bool = True) -> None:
+    """`de3bert run`'s load benchmark: each of `settings.tasks` not already measured for the same
+    settings and operating points, with `settings.threads` torch threads; rows to serving.jsonl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    try:
+        for task in settings.tasks:
+            key = phase_key(layout, task, settings)
+            old = [json.loads(x) for x in layout.serving.read_text().splitlines()] \
+                if layout.serving.is_file() else []
+            if any(r["task"] == task and r.get("phase_key") == key for r in old):
+                print(f"[serving] {task}: already measured for these settings and operating points")
+                continue
+            print(f"[serving] {task}: load benchmark ({len(settings.schedulers)} schedulers, loads "
+                  f"{settings.loads}, {settings.duration_s:g} s each, {settings.threads} thread(s))",
+                  flush=True)
+            rows = run_bench(layout, task, settings, data_dir, progress=progress)
+            write_outputs([{**r, "phase_key": key} for r in rows], layout.out, layout.plots, task)
+    finally:
+        torch.set_num_threads(before)
+
+
 def equivalence(layout: RunLayout, task: str, settings: ServingSettings, data_dir: str | None = None,
                 progress: bool = True) -> list[dict]:
     """Every chosen method at every target, every scheduler: the whole dev set arrives at once
@@ -451,115 +481,18 @@ def equivalence(layout: RunLayout, task: str, settings: ServingSettings, data_di
 
 
 def write_outputs(rows: list[dict], out: Path, plots: Path, task: str) -> list[Path]:
-    """Rows into `<out>/serving.jsonl` (this task's earlier rows of the same kinds replaced), the
-    Markdown table of every task in it, and this task's latency-vs-load plot."""
-    path = out / RESULTS_FILE
+    """Rows into `<out>/serving.jsonl` (this task's earlier rows of the same kinds replaced), then
+    the report's serving table and figures (`benchmarks.report.writers.write_serving`)."""
+    from .report.writers import write_serving
+
+    layout = RunLayout(out, plots)
     kinds, kept = {r.get("kind") for r in rows}, []
-    if path.is_file():
-        kept = [r for r in map(json.loads, path.read_text().splitlines())
+    if layout.serving.is_file():
+        kept = [r for r in map(json.loads, layout.serving.read_text().splitlines())
                 if r["task"] != task or r.get("kind") not in kinds]
-    every = kept + rows
     out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in every))
-    tmp.replace(path)
-    table = out / "tables" / "serving.md"
-    table.parent.mkdir(parents=True, exist_ok=True)
-    table.write_text(markdown_table(every))
-    if not any(r.get("kind") == "point" for r in rows):
-        return [path, table]
-    return [path, table, plot_latency(rows, plots / f"serving_{task}.png")]
-
-
-def _fmt(v, spec: str = ".2f") -> str:
-    return "–" if v is None else format(v, spec)
-
-
-def markdown_table(rows: list[dict]) -> str:
-    """One line per (task, contender, scheduler): p50/p99 at 50% load, sustainable throughput,
-    serving speed-up and the fraction of the limit the exits allow."""
-    summ = [r for r in rows if r.get("kind") == "summary"]
-    if not summ:
-        return "\n".join(["# Serving under load", *equivalence_lines(rows)]) + "\n"
-    lines = ["# Serving under load", "",
-             "Open-loop Poisson arrivals on a real clock; loads are fractions of the full model's "
-             "batch-1 capacity. Sustainable = the highest load whose p99 meets the SLO; speed-up = "
-             "÷ the full model's sustainable throughput under the same scheduler; limit = layer "
-             "speed-up × that. `replay ≠` counts served requests whose exit or prediction differs "
-             "from replay and is not a near tie (must be 0).", ""]
-    first = next((r for r in rows if r.get("kind") == "point"), {})
-    m = first.get("machine", {})
-    lines += [f"Machine: {m.get('cpu', '?')}, {m.get('threads', '?')} torch thread(s), torch "
-              f"{m.get('torch', '?')}; limits {first.get('limits')}.", ""]
-    for h in (r for r in rows if r.get("kind") == "http"):
-        lines += [f"HTTP over loopback ({h['task']}, {h['method']} @{h['target']:g}×, batch 1, {h['n']} "
-                  f"sequential requests): round trip p50 {h['round_trip_p50_ms']:.2f} ms, of which the "
-                  f"server's own latency {h['server_p50_ms']:.2f} ms; HTTP + JSON + tokenisation add "
-                  f"{h['overhead_p50_ms']:.2f} ms (p50).", ""]
-    for o in (r for r in rows if r.get("kind") == "overhead"):
-        lines += [f"Load generator alone ({o['task']}, no-op model, 50% load): {o['mean_us']:.0f} µs mean, "
-                  f"{o['p99_us']:.0f} µs p99 = {100 * o['share_of_service']:.2f}% of the full model's "
-                  f"batch-1 service time ({o['service_us'] / 1000:.2f} ms).", ""]
-    lines += ["| task | contender | scheduler | layer sp. | p50 @50% (ms) | p99 @50% (ms) | SLO (ms) | "
-              "sustainable (req/s) | serving sp. | of limit | batch there | busy there | replay ≠ |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    half = {(r["task"], r["method"], r["target"], r["scheduler"]): r for r in rows
-            if r.get("kind") == "point" and math.isclose(r["load"], 0.5)}
-    for r in sorted(summ, key=lambda r: (r["task"], r["method"] != FULL, r["method"], r["target"] or 0,
-                                         r["scheduler"])):
-        p = half.get((r["task"], r["method"], r["target"], r["scheduler"]), {})
-        name = r["method"] if r["target"] is None else f"{r['method']} @{r['target']:g}×"
-        lines.append(f"| {r['task']} | {name} | {r['scheduler']} | {r['speedup_layers']:.2f} | "
-                     f"{_fmt(p.get('p50_ms'))} | {_fmt(p.get('p99_ms'))} | {r['slo_ms']:.1f} | "
-                     f"{r['sustainable_rps']:.1f} | {_fmt(r['serving_speedup'])} | "
-                     f"{_fmt(r['of_limit'])} | {_fmt(r.get('batch_at_sustainable'), '.1f')} | "
-                     f"{_fmt(r.get('busy_at_sustainable'), '.0%')} | {r['replay_differ_not_tie']} |")
-    return "\n".join(lines + equivalence_lines(rows)) + "\n"
-
-
-def equivalence_lines(rows: list[dict]) -> list[str]:
-    """The served = replay table (`--equivalence`): per task, method, target and scheduler."""
-    eq = [r for r in rows if r.get("kind") == "equivalence"]
-    if not eq:
-        return []
-    out = ["", "## Served = replay (whole dev set at once)", "",
-           "| task | contender | scheduler | served | differ | not near ties | merges | mean batch |",
-           "|---|---|---|---:|---:|---:|---:|---:|"]
-    for r in eq:
-        name = r["method"] if r["target"] is None else f"{r['method']} @{r['target']:g}×"
-        out.append(f"| {r['task']} | {name} | {r['scheduler']} | {r['checked']} | {r.get('differ', '–')} | "
-                   f"{r.get('differ_not_tie', '–')} | {r['merges']} | {r['mean_batch']:.1f} |")
-    return out
-
-
-def plot_latency(rows: list[dict], path: Path) -> Path:
-    """p99 latency against offered load, one panel per scheduler, one line per contender."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = [r for r in rows if r.get("kind") == "point"]
-    scheds = list(dict.fromkeys(r["scheduler"] for r in points))
-    fig, axes = plt.subplots(1, len(scheds), figsize=(5 * len(scheds), 4), squeeze=False, sharey=True)
-    for ax, sched in zip(axes[0], scheds, strict=True):
-        lines: dict[str, list] = {}
-        for r in points:
-            if r["scheduler"] == sched:
-                name = r["method"] if r["target"] is None else f"{r['method']}@{r['target']:g}x"
-                lines.setdefault(name, []).append((r["load"], r["p99_ms"]))
-        for name, xy in lines.items():
-            xs, ys = zip(*sorted(xy), strict=True)
-            ax.plot(xs, ys, marker="o", lw=2.5 if name == FULL else 1, label=name)
-        ax.axhline(points[0]["slo_ms"], color="k", ls="--", lw=0.8)
-        ax.set(title=sched, xlabel="offered load (× full model batch-1 capacity)", xscale="log", yscale="log")
-    axes[0][0].set_ylabel("p99 latency (ms)")
-    axes[0][-1].legend(fontsize=6, loc="upper left")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    atomic_write_text(layout.serving, "".join(json.dumps(r) + "\n" for r in kept + rows))
+    return [layout.serving, *write_serving(layout)]
 
 
 def cmd_serve_bench(args) -> int:
@@ -568,11 +501,11 @@ def cmd_serve_bench(args) -> int:
     block = _run_profile(layout).get("serving") or {}
     flags = {k: getattr(args, k) for k in ("loads", "slo_ms", "duration_s", "max_requests", "max_batch",
                                            "max_wait_ms", "order", "schedulers", "methods", "targets",
-                                           "seed", "warmup") if getattr(args, k) is not None}
+                                           "seed", "warmup", "threads") if getattr(args, k) is not None}
     if isinstance(flags.get("methods"), list) and flags["methods"] in (["all"], ["main"]):
         flags["methods"] = flags["methods"][0]
     settings = parse_settings({**block, **flags}, "serving")
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(settings.threads)
     data_dir = resolve_data_dir(args.data_dir)
     if args.equivalence:
         rows = equivalence(layout, args.task, settings, data_dir, progress=not args.no_progress)
@@ -594,7 +527,8 @@ def add_serve_bench_parser(sub) -> None:
     p.add_argument("--plots-dir", default=None, help="where the plot goes (default: the run's plots)")
     p.add_argument("--data-dir", default=None,
                    help="local glue_data/ (default: $GLUE_DIR, else the checkout's)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads of the server (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads of the server (default: "
+                   "the block's `threads`, 1)")
     p.add_argument("--loads", type=float, nargs="+", default=None, help="fractions of capacity")
     p.add_argument("--slo-ms", type=float, default=None, help="p99 objective (0: 10 × batch-1 service)")
     p.add_argument("--duration-s", type=float, default=None, help="seconds of arrivals per load")

@@ -14,6 +14,11 @@ from de3bert.serving import SCHEDULERS, Limits
 class ServingSettings:
     """The profile's `serving:` block (absent or empty: no load benchmark); CLI flags override it."""
 
+    tasks: list = field(default_factory=list)
+    """Tasks `de3bert run` load-tests after its other work (empty: only `de3bert serve-bench`)."""
+    threads: int = 1
+    """Torch threads of the server (1: a CPU replica per core, the usual way to serve on CPUs)."""
+
     loads: list = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0])
     """Offered loads as fractions of the full model's batch-1 capacity (above 1: only batching or
     early exit can keep up, which is what the serving speed-up measures)."""
@@ -47,8 +52,8 @@ class ServingSettings:
         for key in ("duration_s", "max_wait_ms", "slo_ms"):
             if not getattr(self, key) >= 0:
                 raise ValueError(f"{where}: {key}={getattr(self, key)} must be ≥ 0")
-        if self.max_requests < 1 or self.max_batch < 1 or self.warmup < 0:
-            raise ValueError(f"{where}: max_requests and max_batch must be ≥ 1, warmup ≥ 0")
+        if self.max_requests < 1 or self.max_batch < 1 or self.warmup < 0 or self.threads < 1:
+            raise ValueError(f"{where}: max_requests, max_batch and threads must be ≥ 1, warmup ≥ 0")
         unknown = [s for s in self.schedulers if s not in SCHEDULERS]
         if unknown:
             raise ValueError(f"{where}: unknown scheduler(s) {unknown}; valid: {', '.join(SCHEDULERS)}")

@@ -12,7 +12,9 @@ import torch
 
 from benchmarks.layout import RunLayout
 from benchmarks.profiles import Profile
-from benchmarks.serving import equivalence, markdown_table, run_bench, write_outputs
+from benchmarks.report.serving import serving_markdown
+from benchmarks.runner import Runner
+from benchmarks.serving import equivalence, run_bench, run_phase, write_outputs
 from benchmarks.serving_settings import parse_settings
 from de3bert.backbone import load_tokenizer
 from de3bert.data import EncodedDataset, get_task, load_examples, make_loader
@@ -72,9 +74,10 @@ def test_serve_bench_rows_equal_replay_and_files(run, tmp_path):
     full = [r for r in summaries if r["method"] == "full-model" and r["sustainable_rps"] > 0]
     assert all(r["serving_speedup"] == 1.0 for r in full)
     paths = write_outputs(rows, tmp_path, tmp_path / "plots", "synthetic")
-    assert [p.name for p in paths] == ["serving.jsonl", "serving.md", "serving_synthetic.png"]
+    assert [p.name for p in paths] == ["serving.jsonl", "serving.md", "serving_synthetic.png",
+                                       "serving_synthetic.pdf"]
     assert all(p.stat().st_size > 0 for p in paths)
-    assert "| synthetic | maxprob @2× | rebatch |" in markdown_table(rows)
+    assert "| synthetic | maxprob @2× | rebatch |" in serving_markdown(rows)
 
 
 def test_equivalence_mode_serves_the_whole_dev_set(run, tmp_path):
@@ -99,3 +102,50 @@ def test_serving_block_is_typed(tmp_path):
         Profile.load(str(path))
     path.write_text("name: x\nbackbone: tiny-random\ntasks: [synthetic]\nserving: {max_batch: 4}\n")
     assert Profile.load(str(path)).serving == {"max_batch": 4}
+
+
+SHORT = {"tasks": ["synthetic"], "loads": [0.5], "duration_s": 0.2, "max_requests": 30, "warmup": 1,
+         "methods": ["maxprob"], "targets": [2.0], "schedulers": ["batch1", "rebatch"]}
+
+
+def test_run_phase_measures_once_per_settings_and_operating_points(run, capsys):
+    run_phase(run, parse_settings(SHORT), None, progress=False)
+    first = run.serving.read_text()
+    keys = {json.loads(line)["phase_key"] for line in first.splitlines()}
+    assert len(keys) == 1 and '"kind": "summary"' in first
+    run_phase(run, parse_settings(SHORT), None, progress=False)  # resumed: nothing re-measured
+    assert run.serving.read_text() == first
+    assert "already measured" in capsys.readouterr().out
+    run_phase(run, parse_settings({**SHORT, "max_batch": 4}), None, progress=False)  # settings changed
+    again = {json.loads(line)["phase_key"] for line in run.serving.read_text().splitlines()}
+    assert len(again) == 1 and again != keys
+
+
+def test_de3bert_run_load_tests_the_serving_tasks_and_reports_them(tmp_path):
+    profile = Profile.load("smoke")
+    profile.methods, profile.serving = ["maxprob"], SHORT
+    profile.timing = {**profile.timing, "methods": []}
+    layout = RunLayout.for_run("", tmp_path / "run")
+    Runner(profile, layout, progress=False).run()
+    rows = [json.loads(line) for line in layout.serving.read_text().splitlines()]
+    assert {(r["method"], r["scheduler"]) for r in rows if r["kind"] == "summary"} == {
+        (m, s) for m in ("full-model", "maxprob") for s in ("batch1", "rebatch")}
+    from benchmarks.report import write_reports
+
+    written = {p.name for p in write_reports(layout)}
+    assert {"serving.md", "serving_synthetic.png"} <= written
+
+
+def test_serving_tasks_must_be_the_runs_and_need_kept_models(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("name: x\nbackbone: tiny-random\ntasks: [synthetic]\nserving: {tasks: [sst2]}\n")
+    with pytest.raises(ValueError, match="serving.tasks \\['sst2'\\]: not among the profile's tasks"):
+        Profile.load(str(path))
+    path.write_text("name: x\nbackbone: tiny-random\ntasks: [synthetic]\nkeep_models: none\n"
+                    "serving: {tasks: [synthetic]}\n")
+    with pytest.raises(ValueError, match="needs the models: keep_models: all"):
+        Profile.load(str(path))
+    path.write_text("name: x\nbackbone: tiny-random\ntasks: [synthetic]\n"
+                    "serving: {tasks: [synthetic], targets: [3.0]}\n")
+    with pytest.raises(ValueError, match="serving.targets \\[3.0\\]: not among speedup_targets"):
+        Profile.load(str(path))

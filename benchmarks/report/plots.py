@@ -113,3 +113,24 @@ def band_plot(panels: list[BandPanel], path: Path) -> list[Path]:
     axes[0][0].set_ylabel("metric")
     legend_of_every_panel(axes[0])
     return _save(fig, path)
+
+
+def latency_load_plot(points: list[dict], path: Path) -> list[Path]:
+    """One task's p99 latency against offered load (`serving.jsonl` point rows), one panel per
+    scheduler, one line per contender, the SLO dashed."""
+    scheds = list(dict.fromkeys(r["scheduler"] for r in points))
+    fig, axes = plt.subplots(1, len(scheds), figsize=(5 * len(scheds), 4), squeeze=False, sharey=True)
+    for ax, sched in zip(axes[0], scheds, strict=True):
+        lines: dict[str, list] = {}
+        for r in points:
+            if r["scheduler"] == sched:
+                name = r["method"] if r["target"] is None else f"{r['method']}@{r['target']:g}x"
+                lines.setdefault(name, []).append((r["load"], r["p99_ms"]))
+        for name, xy in lines.items():
+            xs, ys = zip(*sorted(xy), strict=True)
+            ax.plot(xs, ys, marker="o", lw=2.5 if name == FULL else 1, label=name)
+        ax.axhline(points[0]["slo_ms"], color="k", ls="--", lw=0.8)
+        ax.set(title=sched, xlabel="offered load (× full model batch-1 capacity)", xscale="log", yscale="log")
+    axes[0][0].set_ylabel("p99 latency (ms)")
+    axes[0][-1].legend(fontsize=6, loc="upper left")
+    return _save(fig, path)

@@ -5,11 +5,13 @@ Every file under <out>/tables and every figure has exactly one function that wri
 code paths can never disagree about a file's contents: results.md/.tex (`write_results`),
 operating_points.md (`write_operating_points`), indicators.md (`write_indicators`),
 uncertainty.md/.json (`write_uncertainty`), claims.md/.json (`claims.write_claims`, called from
-`write_uncertainty` with the run's analyses), figures (the `plots` function that draws each).
+`write_uncertainty` with the run's analyses), serving.md and the latency-vs-load figures
+(`write_serving`, from serving.jsonl), figures (the `plots` function that draws each).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +27,7 @@ from .jsonout import json_text
 from .latex import results_latex
 from .markdown import indicators_markdown, operating_points_markdown, results_markdown, uncertainty_markdown
 from .rows import ablated_methods, load_rows, targets_of
+from .serving import serving_markdown
 from .tables import operating_points
 from .uncertainty import analyse_run, band_panels, interval_records
 
@@ -86,6 +89,22 @@ def write_uncertainty(layout: RunLayout) -> list[Path]:
     return [md, js, *claims, *plots.band_plot(band_panels(run), layout.plots / "tradeoff_intervals")]
 
 
+def write_serving(layout: RunLayout) -> list[Path]:
+    """tables/serving.md (every task in serving.jsonl) and one latency-vs-load figure per task;
+    nothing when the run has no load benchmark."""
+    if not layout.serving.is_file():
+        return []
+    rows = [json.loads(line) for line in layout.serving.read_text().splitlines() if line.strip()]
+    path = layout.tables / "serving.md"
+    layout.tables.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, serving_markdown(rows))
+    written = [path]
+    for task in dict.fromkeys(r["task"] for r in rows if r.get("kind") == "point"):
+        points = [r for r in rows if r.get("kind") == "point" and r["task"] == task]
+        written += plots.latency_load_plot(points, layout.plots / f"serving_{task}")
+    return written
+
+
 def write_reports(out: str | Path | RunLayout, plots_dir: str | Path | None = None) -> list[Path]:
     """Write the run's tables (<out>/tables) and figures (the layout's plots folder); the paths."""
     layout = out if isinstance(out, RunLayout) else RunLayout.for_run("", out, plots_dir)
@@ -93,4 +112,4 @@ def write_reports(out: str | Path | RunLayout, plots_dir: str | Path | None = No
     layout.tables.mkdir(parents=True, exist_ok=True)
     layout.plots.mkdir(parents=True, exist_ok=True)
     written = write_results(layout, df) + write_operating_points(layout, df) + write_figures(layout, df)
-    return written + write_indicators(layout) + write_uncertainty(layout)
+    return written + write_indicators(layout) + write_uncertainty(layout) + write_serving(layout)
