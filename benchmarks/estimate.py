@@ -27,6 +27,9 @@ from de3bert.registry import get_method
 #: rows drawn to find a typical batch (sorted by length, the middle batch: what length-grouped
 #: training and sorted recording see most)
 SAMPLE_ROWS = 256
+#: where the timed training batches sit in the length distribution; their mean step time stands
+#: for a length-grouped epoch's (one median-length batch was 0.4-1.8x off per task, issue 24)
+LENGTH_QUANTILES = (1 / 6, 1 / 2, 5 / 6)
 
 
 @dataclass
@@ -43,9 +46,10 @@ class TaskCosts:
     """`measured` (this machine, with its precision and data) or `pinned` (the profile's)."""
 
 
-def _typical_batch(task_name: str, cfg: dict, data_dir: str | None, tok) -> dict:
-    """A batch of `batch_size` real training rows of median length; without local data, rows of
-    the synthetic generator's (`--dry-run` says which tasks have no local data)."""
+def _length_batches(task_name: str, cfg: dict, data_dir: str | None, tok) -> list[dict]:
+    """Batches of `batch_size` real training rows at the length quantiles `LENGTH_QUANTILES`
+    (training draws length-grouped batches, so an epoch's steps span the length distribution);
+    without local data, rows of the synthetic generator's (`--dry-run` says which tasks)."""
     task = get_task(task_name)
     try:
         rows = load_examples(task, "train", data_dir, SAMPLE_ROWS, seed=0)
@@ -57,9 +61,9 @@ def _typical_batch(task_name: str, cfg: dict, data_dir: str | None, tok) -> dict
     ds = EncodedDataset(rows, tok, int(cfg.get("max_seq_length", 128)), task.is_regression)
     order = sorted(range(len(ds)), key=lambda i: len(ds[i]["input_ids"]))
     size = int(cfg.get("batch_size", 32))
-    mid = max(0, len(order) // 2 - size // 2)
-    items = [ds[i] for i in order[mid:mid + size]]
-    return collate(items, tok.pad_token_id or 0)
+    last = max(0, len(order) - size)
+    starts = [min(max(0, int(q * len(order)) - size // 2), last) for q in LENGTH_QUANTILES]
+    return [collate([ds[i] for i in order[a:a + size]], tok.pad_token_id or 0) for a in starts]
 
 
 @contextmanager
@@ -88,24 +92,25 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure_task(profile, task_name: str, data_dir: str | None, steps: int = 3) -> TaskCosts:
-    """Time `steps` training steps (after one warm-up) of the `single` recipe and one batched
-    and one batch-1 inference pass, on this machine, at the profile's precision and threads."""
+def measure_task(profile, task_name: str, data_dir: str | None, steps: int = 2) -> TaskCosts:
+    """Time `steps` training steps (after one warm-up) of the `single` recipe on each of the
+    length-quantile batches, and one batched and one batch-1 inference pass on the median one,
+    on this machine, at the profile's precision and threads."""
     torch.set_num_threads(profile.threads)
     cfg = profile.train_overrides(task_name)
     task = get_task(task_name)
     torch.manual_seed(0)
     random.seed(0)
     tok = load_tokenizer(profile.backbone)
-    batch = _typical_batch(task_name, cfg, data_dir, tok)
+    batches = _length_batches(task_name, cfg, data_dir, tok)
     pooling = cfg.get("pooling") or default_pooling(profile.backbone)
     with library_bars_off():
         model = build_model(profile.backbone, "single", task.num_labels, pooling)
-    inputs = (batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
     dtype = autocast_dtype(resolve_precision(cfg.get("precision", "auto"), "cpu", warn=False))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=bool(cfg.get("fused_adamw", True)))
 
-    def train_step() -> None:
+    def train_step(batch: dict) -> None:
+        inputs = (batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
         with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             loss = task_loss(model(*inputs)[-1]["logits"], batch["labels"])  # what `single` optimises
         loss.backward()
@@ -113,10 +118,12 @@ def measure_task(profile, task_name: str, data_dir: str | None, steps: int = 3) 
         optimizer.zero_grad(set_to_none=True)
 
     model.train()
-    step = _median_seconds(train_step, steps)
+    step = statistics.mean(_median_seconds(lambda b=b: train_step(b), steps) for b in batches)
     model.eval()
+    mid = batches[len(batches) // 2]
+    inputs = (mid["input_ids"], mid["attention_mask"], mid.get("token_type_ids"))
     with torch.inference_mode():
-        batched = _median_seconds(lambda: model(*inputs), 2) / len(batch["input_ids"])
+        batched = _median_seconds(lambda: model(*inputs), 2) / len(mid["input_ids"])
         one = tuple(t[:1] if t is not None else None for t in inputs)
         single = _median_seconds(lambda: model(*one), 3)
     return TaskCosts(step, batched, single, "measured")

@@ -55,15 +55,16 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def save_record(record: dict[str, torch.Tensor], path: str | Path, meta: dict | None = None) -> None:
-    """Write `path` (.safetensors) and `path`.json atomically (tensor file first, sidecar last)."""
+    """Write `path` (.safetensors) and `path`.json, each atomically: tensors to a temp file, the
+    sidecar, then the rename (so no interruption leaves a record that passes a stale sidecar)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with writing(path, tmp):
+    with writing(path, tmp):  # the sidecar first: a full disk leaves the old pair or the new, valid
         save_file({k: v.contiguous() for k, v in record.items()}, str(tmp))
+        side = {"sha256": sha256(tmp), "bytes": tmp.stat().st_size, "meta": meta or {}}
+        atomic_write_text(path.with_name(path.name + ".json"), json.dumps(side, indent=2, sort_keys=True))
         os.replace(tmp, path)
-    side = {"sha256": sha256(path), "bytes": path.stat().st_size, "meta": meta or {}}
-    atomic_write_text(path.with_name(path.name + ".json"), json.dumps(side, indent=2, sort_keys=True))
 
 
 def load_record(path: str | Path) -> dict[str, torch.Tensor]:

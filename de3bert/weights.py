@@ -37,11 +37,11 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict | None = Non
     """Write `model`'s weights to `path` and its checksum sidecar, each atomically; the hash."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with writing(path, tmp):
+    with writing(path, tmp):  # the checksum goes first: a full disk never leaves weights without one
         save_model(model, str(tmp), metadata=metadata)
+        digest = sha256(tmp)
+        atomic_write_text(sidecar(path), json.dumps({"sha256": digest, "bytes": tmp.stat().st_size}))
         os.replace(tmp, path)
-    digest = sha256(path)
-    atomic_write_text(sidecar(path), json.dumps({"sha256": digest, "bytes": path.stat().st_size}))
     return digest
 
 

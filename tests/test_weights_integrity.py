@@ -121,3 +121,53 @@ def test_a_full_disk_names_the_file_and_leaves_the_old_version_intact(saved, mon
         model.save(folder)
     assert err.value.errno == errno.ENOSPC and err.value.filename == str(weights)
     assert not list(folder.glob("*.tmp")) and verify_weights(weights) == before
+
+
+@pytest.mark.parametrize("old", [False, True], ids=["new file", "over an old version"])
+def test_a_full_disk_at_the_checksum_leaves_no_unverifiable_weights(saved, tmp_path, monkeypatch, old):
+    """ENOSPC while writing the sidecar (the weights already written): no weights file without
+    its checksum is left behind (the run would move it aside as corrupt, using more of the full
+    disk); an old version and its sidecar still verify."""
+    import errno
+
+    import de3bert.weights as weights_mod
+    from de3bert.weights import save_weights, verify_weights
+
+    model, folder = saved
+    target = folder / "model.safetensors" if old else tmp_path / "new" / "model.safetensors"
+    target.parent.mkdir(exist_ok=True)
+    before = verify_weights(target) if old else None
+    torch.nn.init.normal_(model.heads.classifiers[0].weight)  # a different model: a different hash
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(weights_mod, "atomic_write_text", full)
+    with pytest.raises(OSError):
+        save_weights(model, target)
+    assert not list(target.parent.glob("*.tmp"))
+    if old:
+        assert verify_weights(target) == before
+    else:
+        assert not target.exists()
+
+
+def test_a_full_disk_at_a_records_sidecar_leaves_the_old_record_valid(tmp_path, monkeypatch):
+    """ENOSPC while writing a record's sidecar: the previous record still loads (before the fix,
+    the new tensors replaced it and the old sidecar no longer matched)."""
+    import errno
+
+    import de3bert.record as record_mod
+    from de3bert.record import load_record, save_record
+
+    path = tmp_path / "r.safetensors"
+    save_record({"logits": torch.zeros(2, 3)}, path)
+
+    def full(p, text):
+        raise OSError(errno.ENOSPC, "No space left on device", str(p))
+
+    monkeypatch.setattr(record_mod, "atomic_write_text", full)
+    with pytest.raises(OSError):
+        save_record({"logits": torch.ones(2, 3)}, path)
+    assert torch.equal(load_record(path)["logits"], torch.zeros(2, 3))
+    assert not list(tmp_path.glob("*.tmp"))

@@ -97,6 +97,7 @@ def write_serving(layout: RunLayout) -> list[Path]:
     rows = [json.loads(line) for line in layout.serving.read_text().splitlines() if line.strip()]
     path = layout.tables / "serving.md"
     layout.tables.mkdir(parents=True, exist_ok=True)
+    layout.plots.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, serving_markdown(rows))
     written = [path]
     for task in dict.fromkeys(r["task"] for r in rows if r.get("kind") == "point"):
