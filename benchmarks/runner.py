@@ -432,6 +432,8 @@ class Runner:
         if not sizes:
             return f"{len(todo)} models still to train; `--dry-run` prints the disk the plan needs"
         each = max(sizes)
+        if not todo:
+            return "every model is trained; the rest writes records, results and tables (a few MB)"
         return (f"about {len(todo) * each / 1e6:.0f} MB more for the {len(todo)} models still to train, "
                 f"plus {3 * each / 1e6:.0f} MB while one trains")
 

@@ -11,6 +11,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -30,16 +31,32 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+#: a write that fails with less free space than this on its filesystem failed for lack of space
+#: (torch.save's writer says only "unexpected pos", with no errno, when a tmpfs fills up)
+FULL_BELOW = 1 << 20
+
+
+def out_of_space(err: BaseException, where: Path) -> bool:
+    """Whether `err`, raised while writing into folder `where`, means the disk is full."""
+    if getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err):
+        return True
+    try:
+        return shutil.disk_usage(where).free < FULL_BELOW
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def writing(path: Path, tmp: Path):
-    """Around one atomic write: a full disk (ENOSPC, also as raised by safetensors' writer)
-    becomes `OSError(ENOSPC, ..., path)` naming the file, and the partial temp file is removed so
-    the space is free again; the previous version of `path` is untouched."""
+    """Around one atomic write (`tmp` a file or a folder): a full disk (ENOSPC, as safetensors'
+    writer words it, or any failure with the disk nearly full) becomes `OSError(ENOSPC, ..., path)`
+    naming the target, and the partial temp is removed so the space is free again; the previous
+    version of `path` is untouched."""
     try:
         yield
     except Exception as err:
-        tmp.unlink(missing_ok=True)
-        full = getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err)
+        full = out_of_space(err, tmp.parent)  # before the temp is removed and frees the space
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
         if full:
             raise OSError(errno.ENOSPC, "No space left on device", str(path)) from err
         raise

@@ -36,6 +36,7 @@ from .data import EncodedDataset, TaskSpec, file_sha256, get_task, load_examples
 from .model import MultiExitModel, build_model
 from .precision import autocast_dtype, resolve_precision, weights_dtype
 from .recipes import Recipe, Stage, get_recipe
+from .record import writing
 from .weights import WEIGHTS, CorruptModel, load_weights, save_weights
 
 
@@ -248,12 +249,13 @@ def _save_checkpoint(out: Path, model, optimizer, scheduler, progress: dict, acc
     tmp, final = out / "checkpoint.tmp", out / "checkpoint"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_weights(accelerator.unwrap_model(model), tmp / WEIGHTS)
-    state = {"rng": torch.get_rng_state()}
-    if optimizer is not None:  # None: a stage boundary reached without an optimizer (a shared stage)
-        state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
-    torch.save(state, tmp / "state.pt")
-    (tmp / "progress.json").write_text(json.dumps(progress))
+    with writing(final, tmp):  # a full disk: one "disk full" error naming it, the temp folder freed
+        save_weights(accelerator.unwrap_model(model), tmp / WEIGHTS)
+        state = {"rng": torch.get_rng_state()}
+        if optimizer is not None:  # None: a stage boundary reached without an optimizer (a shared stage)
+            state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
+        torch.save(state, tmp / "state.pt")
+        (tmp / "progress.json").write_text(json.dumps(progress))
     old = out / "checkpoint.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():

@@ -144,11 +144,16 @@ def main() -> int:
         print(f"{got[0]}/{got[1]} real full disks ended cleanly and resumed to equal rows")
         return 0 if got[0] == got[1] else 1
     points = sorted(random.Random(args.seed).sample(range(1, writes + 1), args.faults))
-    run, ok = work / "full", 0
+    run, ok, prev = work / "full", 0, 0
     for at in points:
-        proc = subprocess.run([sys.executable, __file__, "--child", str(at), *command(run)[1:]], env=env,
+        # each attempt resumes the same folder: it writes profile.json, redoes the write that
+        # failed last time, then goes on; so the fault that the uninterrupted run would meet at
+        # write `at` is this attempt's write `at - prev + 2`
+        nth = at if prev == 0 else at - prev + 2
+        prev = at
+        proc = subprocess.run([sys.executable, __file__, "--child", str(nth), *command(run)[1:]], env=env,
                               capture_output=True, text=True)
-        ok += check_fault(proc, run, f"ENOSPC at write {at}/{writes}")
+        ok += check_fault(proc, run, f"ENOSPC at write {at}/{writes} (this attempt's write {nth})")
     subprocess.run(command(run), check=True, env=env, stdout=subprocess.DEVNULL)
     equal, total = rows_equal(work / "reference", run)
     print(f"{ok}/{len(points)} faults ended cleanly; after resuming, {equal}/{total} rows equal "

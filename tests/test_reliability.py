@@ -823,3 +823,18 @@ def test_an_unforeseen_error_is_one_line_and_debug_shows_the_traceback(capsys, m
     assert err.count("\n") == 1 and "RuntimeError: the thing that broke" in err
     with pytest.raises(RuntimeError):
         cli_mod.main(["--debug", "list"], cli_mod.build_parser()[0])
+
+
+def test_space_needed_says_what_the_rest_of_the_plan_writes(tmp_path):
+    """The full-disk line's figure: MB for the models still to train while some are missing; once
+    every model is trained, no 'while one trains' figure (nothing trains any more)."""
+    runner = Runner(Profile.load("smoke"), tmp_path / "run", progress=False)
+    plan = [{"kind": "train", "task": "synthetic", "recipe": r, "seed": 0} for r in ("single", "weighted")]
+    done = runner.layout.model_dir("synthetic", "single", 0) / "final" / "model.safetensors"
+    done.parent.mkdir(parents=True)
+    done.write_bytes(b"x" * 3_000_000)
+    assert runner.space_needed(plan).startswith("about 3 MB more for the 1 models still to train")
+    weighted = runner.layout.model_dir("synthetic", "weighted", 0) / "final" / "model.safetensors"
+    weighted.parent.mkdir(parents=True)
+    weighted.write_bytes(b"x")
+    assert "while one trains" not in runner.space_needed(plan)

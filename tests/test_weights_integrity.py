@@ -171,3 +171,27 @@ def test_a_full_disk_at_a_records_sidecar_leaves_the_old_record_valid(tmp_path, 
         save_record({"logits": torch.ones(2, 3)}, path)
     assert torch.equal(load_record(path)["logits"], torch.zeros(2, 3))
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_checkpoint_on_a_full_disk_is_one_disk_full_error_and_leaves_no_temp(tmp_path, monkeypatch):
+    """On a real full tmpfs, torch.save fails with `RuntimeError: [enforce fail at
+    inline_container.cc] unexpected pos` (no errno): the run must still say "disk full" naming the
+    checkpoint, and free the half-written temp folder."""
+    import collections
+    import errno
+    import shutil
+
+    import de3bert.train as train_mod
+
+    def torn(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 24000 vs 23892")
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(train_mod.torch, "save", torn)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(50_000_000, 50_000_000, 0))
+    accelerator = type("A", (), {"is_main_process": True, "unwrap_model": staticmethod(lambda m: m)})()
+    model = build_model("tiny-random", "single", 2, "mean")
+    with pytest.raises(OSError) as err:
+        train_mod._save_checkpoint(tmp_path, model, None, None, {"step": 1}, accelerator)
+    assert err.value.errno == errno.ENOSPC and "checkpoint" in err.value.filename
+    assert not (tmp_path / "checkpoint.tmp").exists()
