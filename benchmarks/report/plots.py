@@ -119,16 +119,22 @@ def latency_load_plot(points: list[dict], path: Path) -> list[Path]:
     """One task's p99 latency against offered load (`serving.jsonl` point rows), one panel per
     scheduler, one line per contender, the SLO dashed."""
     scheds = list(dict.fromkeys(r["scheduler"] for r in points))
+    colours = method_colours(r["method"] for r in points if r["method"] != FULL)
+    styles = ["-", "--", ":"]  # one per target of a method
     fig, axes = plt.subplots(1, len(scheds), figsize=(5 * len(scheds), 4), squeeze=False, sharey=True)
     for ax, sched in zip(axes[0], scheds, strict=True):
-        lines: dict[str, list] = {}
+        lines: dict[tuple, list] = {}
         for r in points:
             if r["scheduler"] == sched:
-                name = r["method"] if r["target"] is None else f"{r['method']}@{r['target']:g}x"
-                lines.setdefault(name, []).append((r["load"], r["p99_ms"]))
-        for name, xy in lines.items():
+                lines.setdefault((r["method"], r["target"]), []).append((r["load"], r["p99_ms"]))
+        targets = sorted({t for _, t in lines if t is not None})
+        for (method, target), xy in lines.items():
             xs, ys = zip(*sorted(xy), strict=True)
-            ax.plot(xs, ys, marker="o", lw=2.5 if name == FULL else 1, label=name)
+            if method == FULL:
+                ax.plot(xs, ys, marker="o", lw=2.5, color="black", label=method)
+            else:
+                ax.plot(xs, ys, marker="o", ms=4, lw=1, color=colours[method], label=f"{method}@{target:g}x",
+                        ls=styles[targets.index(target) % len(styles)])
         ax.axhline(points[0]["slo_ms"], color="k", ls="--", lw=0.8)
         ax.set(title=sched, xlabel="offered load (× full model batch-1 capacity)", xscale="log", yscale="log")
     axes[0][0].set_ylabel("p99 latency (ms)")
