@@ -136,16 +136,13 @@ def test_de3bert_run_load_tests_the_serving_tasks_and_reports_them(tmp_path):
     assert {"serving.md", "serving_synthetic.png"} <= written
 
 
-def test_serving_tasks_must_be_the_runs_and_need_kept_models(tmp_path):
+@pytest.mark.parametrize(("extra", "message"), [
+    ("serving: {tasks: [sst2]}", "serving.tasks \\['sst2'\\]: not among the profile's tasks"),
+    ("keep_models: none\nserving: {tasks: [synthetic]}", "needs the models: keep_models: all"),
+    ("serving: {tasks: [synthetic], targets: [3.0]}", "serving.targets \\[3.0\\]: not among speedup_targets"),
+])
+def test_serving_tasks_must_be_the_runs_and_need_kept_models(tmp_path, extra, message):
     path = tmp_path / "p.yaml"
-    path.write_text("name: x\nbackbone: tiny-random\ntasks: [synthetic]\nserving: {tasks: [sst2]}\n")
-    with pytest.raises(ValueError, match="serving.tasks \\['sst2'\\]: not among the profile's tasks"):
-        Profile.load(str(path))
-    path.write_text("name: x\nbackbone: tiny-random\ntasks: [synthetic]\nkeep_models: none\n"
-                    "serving: {tasks: [synthetic]}\n")
-    with pytest.raises(ValueError, match="needs the models: keep_models: all"):
-        Profile.load(str(path))
-    path.write_text("name: x\nbackbone: tiny-random\ntasks: [synthetic]\n"
-                    "serving: {tasks: [synthetic], targets: [3.0]}\n")
-    with pytest.raises(ValueError, match="serving.targets \\[3.0\\]: not among speedup_targets"):
+    path.write_text(f"name: x\nbackbone: tiny-random\ntasks: [synthetic]\n{extra}\n")
+    with pytest.raises(ValueError, match=message):
         Profile.load(str(path))
