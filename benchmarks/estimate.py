@@ -182,6 +182,12 @@ def timed_seconds(profile, task: str, costs: TaskCosts, dev_rows: int) -> float:
     return total
 
 
+def _point_seconds(load: float, speedup: float, service: float, s) -> float:
+    """One load point: its arrivals' span, or its batch-1 work at `speedup` if that is longer."""
+    n = min(load / service * s.duration_s, s.max_requests)
+    return max(n * service / load, n * service / speedup)
+
+
 def serving_seconds(runner, plan: list[dict], costs: dict[str, TaskCosts]) -> dict[str, float]:
     """The load benchmark of each `serving.tasks` task, at most: every load of every contender
     (the full model, each chosen method at each target) under every scheduler, each point lasting
@@ -202,9 +208,9 @@ def serving_seconds(runner, plan: list[dict], costs: dict[str, TaskCosts]) -> di
         total = (200 + s.warmup) * service + s.duration_s  # capacity calibration, generator overhead
         for sp in speedups:
             total += s.warmup * service / sp
-            for load in s.loads:
-                n = min(load / service * s.duration_s, s.max_requests)
-                total += len(s.schedulers) * max(n * service / load, n * service / sp)
+            per_scheduler = (sum(_point_seconds(load, sp, service, s) for load in s.loads)
+                             + s.refine * _point_seconds(max(s.loads), sp, service, s))
+            total += len(s.schedulers) * per_scheduler
         out[task] = total
     return out
 

@@ -327,24 +327,38 @@ class Bench:
 
     def sweep(self, c: Contender, scheduler: str, progress: bool = True) -> None:
         """Every load of one (contender, scheduler), lowest first, stopping after the first load
-        whose p99 misses the SLO (higher loads only queue more)."""
-        s = self.settings
+        whose p99 misses the SLO (higher loads only queue more); then `refine` loads bisecting
+        between the highest load that met the SLO and that first miss."""
+        s, passed, missed = self.settings, None, None
         for k, load in enumerate(sorted(s.loads)):
-            rate = load * self.capacity
-            reqs, index = poisson_requests(self.pool, rate, s.duration_s, s.max_requests, s.seed + k)
-            row, done = point(c, scheduler, s, reqs, self.pad)
-            row.update(self._keys(c, scheduler), load=load, offered_rps=rate,
-                       meets_slo=row["p99_ms"] <= self.slo_ms,
-                       replay=replay_check(c, self.record(c.recipe), done, index))
-            self.rows.append(row)
-            if progress:
-                print(f"  {c.label:>22} {scheduler:>8} load {load:4.2f}: p50 {row['p50_ms']:7.2f} "
-                      f"p99 {row['p99_ms']:8.2f} ms, {row['achieved_rps']:7.1f} rps, batch "
-                      f"{row['mean_batch']:.1f}, busy {1 - row['idle_s'] / row['wall_s']:.0%}, merge "
-                      f"{row['engine_s']['merge'] / row['wall_s']:.1%}, replay differs "
-                      f"{row['replay'].get('differ', '-')}", flush=True)
-            if not row["meets_slo"]:
+            if not self.measure(c, scheduler, load, s.seed + k, progress):
+                missed = load
                 break
+            passed = load
+        for k in range(s.refine if passed is not None and missed is not None else 0):
+            mid = (passed + missed) / 2
+            if self.measure(c, scheduler, mid, s.seed + 1000 + k, progress):
+                passed = mid
+            else:
+                missed = mid
+
+    def measure(self, c: Contender, scheduler: str, load: float, seed: int, progress: bool) -> bool:
+        """One load point (arrivals seeded by `seed`) into `rows`; whether its p99 met the SLO."""
+        s = self.settings
+        rate = load * self.capacity
+        reqs, index = poisson_requests(self.pool, rate, s.duration_s, s.max_requests, seed)
+        row, done = point(c, scheduler, s, reqs, self.pad)
+        row.update(self._keys(c, scheduler), load=load, offered_rps=rate,
+                   meets_slo=row["p99_ms"] <= self.slo_ms,
+                   replay=replay_check(c, self.record(c.recipe), done, index))
+        self.rows.append(row)
+        if progress:
+            print(f"  {c.label:>22} {scheduler:>8} load {load:4.2f}: p50 {row['p50_ms']:7.2f} "
+                  f"p99 {row['p99_ms']:8.2f} ms, {row['achieved_rps']:7.1f} rps, batch "
+                  f"{row['mean_batch']:.1f}, busy {1 - row['idle_s'] / row['wall_s']:.0%}, merge "
+                  f"{row['engine_s']['merge'] / row['wall_s']:.1%}, replay differs "
+                  f"{row['replay'].get('differ', '-')}", flush=True)
+        return row["meets_slo"]
 
     def _keys(self, c: Contender, scheduler: str) -> dict:
         return {"kind": "point", "task": self.task, "seed": self.seed, "method": c.method,
@@ -501,7 +515,8 @@ def cmd_serve_bench(args) -> int:
     block = _run_profile(layout).get("serving") or {}
     flags = {k: getattr(args, k) for k in ("loads", "slo_ms", "duration_s", "max_requests", "max_batch",
                                            "max_wait_ms", "order", "schedulers", "methods", "targets",
-                                           "seed", "warmup", "threads") if getattr(args, k) is not None}
+                                           "seed", "warmup", "threads", "refine")
+             if getattr(args, k) is not None}
     if isinstance(flags.get("methods"), list) and flags["methods"] in (["all"], ["main"]):
         flags["methods"] = flags["methods"][0]
     settings = parse_settings({**block, **flags}, "serving")
@@ -541,6 +556,8 @@ def add_serve_bench_parser(sub) -> None:
     p.add_argument("--targets", type=float, nargs="+", default=None, help="operating points (1.5 2.0)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--refine", type=int, default=None,
+                   help="extra loads bisecting between the last that met the SLO and the first miss")
     p.add_argument("--equivalence", action="store_true",
                    help="instead of the load sweep: serve the whole dev set with every scheduler for "
                         "every chosen method and target, and compare each request with replay")

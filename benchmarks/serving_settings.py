@@ -24,6 +24,9 @@ class ServingSettings:
     early exit can keep up, which is what the serving speed-up measures)."""
     slo_ms: float = 0.0
     """p99 latency objective in ms; 0 = 10 × the full model's mean batch-1 service time."""
+    refine: int = 0
+    """Extra loads bisecting between the highest load that met the SLO and the lowest that
+    missed it (each halves the sustainable throughput's uncertainty from the load grid)."""
     duration_s: float = 2.0
     """Seconds of arrivals per load point (bounded by `max_requests`)."""
     max_requests: int = 1500
@@ -52,8 +55,9 @@ class ServingSettings:
         for key in ("duration_s", "max_wait_ms", "slo_ms"):
             if not getattr(self, key) >= 0:
                 raise ValueError(f"{where}: {key}={getattr(self, key)} must be ≥ 0")
-        if self.max_requests < 1 or self.max_batch < 1 or self.warmup < 0 or self.threads < 1:
-            raise ValueError(f"{where}: max_requests, max_batch and threads must be ≥ 1, warmup ≥ 0")
+        if min(self.max_requests, self.max_batch, self.threads) < 1 or min(self.warmup, self.refine) < 0:
+            raise ValueError(f"{where}: max_requests, max_batch and threads must be ≥ 1, warmup and "
+                             "refine ≥ 0")
         unknown = [s for s in self.schedulers if s not in SCHEDULERS]
         if unknown:
             raise ValueError(f"{where}: unknown scheduler(s) {unknown}; valid: {', '.join(SCHEDULERS)}")

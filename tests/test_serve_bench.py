@@ -146,3 +146,27 @@ def test_serving_tasks_must_be_the_runs_and_need_kept_models(tmp_path, extra, me
     path.write_text(f"name: x\nbackbone: tiny-random\ntasks: [synthetic]\n{extra}\n")
     with pytest.raises(ValueError, match=message):
         Profile.load(str(path))
+
+
+def test_refine_bisects_between_the_last_load_that_met_the_slo_and_the_first_miss(run, monkeypatch):
+    """A server that meets the SLO up to 1.3 × capacity: the grid [0.5, 1, 2] alone reads 1.0;
+    three bisections (1.5 miss, 1.25 meet, 1.375 miss) read 1.25."""
+    import benchmarks.serving as serving
+    from benchmarks.serving import Bench, contenders, dev_requests
+
+    settings = parse_settings({"loads": [0.5, 1.0, 2.0], "refine": 3, "methods": ["maxprob"],
+                               "targets": [2.0]})
+    pool, _ = dev_requests(PROFILE, "synthetic", None)
+    bench = Bench(run, "synthetic", 0, settings, pool, 0, capacity=100.0, slo_ms=50.0)
+
+    def fake_point(c, scheduler, s, reqs, pad):  # reqs = [the offered rate] (fake arrivals below)
+        load = reqs[0] / 100.0
+        return {"p99_ms": 10.0 if load <= 1.3 else 500.0, "p50_ms": 1.0, "achieved_rps": 1.0,
+                "mean_batch": 1.0, "idle_s": 0.0, "wall_s": 1.0, "engine_s": {"merge": 0.0}}, []
+
+    monkeypatch.setattr(serving, "point", fake_point)
+    monkeypatch.setattr(serving, "poisson_requests", lambda pool, rate, *args: ([rate], [0]))
+    full = contenders(run, "synthetic", 0, settings)[0]
+    bench.sweep(full, "batch1", progress=False)
+    assert [r["load"] for r in bench.rows] == [0.5, 1.0, 2.0, 1.5, 1.25, 1.375]
+    assert max(r["load"] for r in bench.rows if r["meets_slo"]) == 1.25
