@@ -200,10 +200,8 @@ def serving_seconds(runner, plan: list[dict], costs: dict[str, TaskCosts]) -> di
     for task in s.tasks:
         service = costs[task].row_single * runner.p.threads / s.threads  # one thread: slower
         seed = runner.p.seeds_for(task)[0]
-        methods = {m.name for m in (get_method(x["method"]) for x in plan if x["kind"] == "replay"
-                                    and x["task"] == task and x["seed"] == seed and not x["skip"])
-                   if not m.report_only and (s.methods == "all" or (s.methods == "main" and not m.ablation_of)
-                                             or (isinstance(s.methods, list) and m.name in s.methods))}
+        methods = {x["method"] for x in plan if x["kind"] == "replay" and x["task"] == task
+                   and x["seed"] == seed and not x["skip"] and s.chooses(get_method(x["method"]))}
         speedups = [1.0] + [t for _ in methods for t in s.targets]
         total = (200 + s.warmup) * service + s.duration_s  # capacity calibration, generator overhead
         for sp in speedups:

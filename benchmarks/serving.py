@@ -72,10 +72,7 @@ def _run_profile(layout: RunLayout) -> dict:
 
 def _operating_points(layout: RunLayout, task: str, seed: int, settings: ServingSettings) -> list[dict]:
     """One results row per (method, target) to serve: its knob and layer speed-up."""
-    methods = all_methods()
-    chosen = {n for n, m in methods.items() if not m.report_only and (
-        settings.methods == "all" or (settings.methods == "main" and not m.ablation_of)
-        or (isinstance(settings.methods, list) and n in settings.methods))}
+    chosen = {n for n, m in all_methods().items() if settings.chooses(m)}
     out: dict[tuple, dict] = {}
     for line in layout.results.read_text().splitlines():
         r = json.loads(line)

@@ -68,6 +68,17 @@ class ServingSettings:
         elif self.methods not in ("all", "main"):
             raise ValueError(f"{where}: methods={self.methods!r}; valid: all, main or a list of names")
 
+    def chooses(self, method) -> bool:
+        """Whether a registered method (`de3bert.method.Method`) is served under `methods`
+        (report-only methods never are)."""
+        if method.report_only:
+            return False
+        if self.methods == "all":
+            return True
+        if self.methods == "main":
+            return not method.ablation_of
+        return method.name in self.methods
+
     @property
     def limits(self) -> Limits:
         """The schedulers' limits."""
